@@ -1,0 +1,194 @@
+// Group: a connected set of ranks over Gloo, the unit every collective and protocol runs on.
+//
+// Point-to-point messages are framed: a fixed 16-byte header carrying the payload length travels
+// first on the tag's header slot, then the payload on its data slot, received into a buffer of
+// exactly the announced size. A receiver therefore never posts a buffer smaller than what arrives
+// (Gloo aborts the process when that happens) and sizes need not be known in advance.
+//
+// Every wait has a deadline. A monitor thread aborts waits that pass it (Gloo's own timeout would
+// tear the context down before we could tell the others why). A rank that fails, from a timeout,
+// a broken connection or a protocol mismatch, sends a short notice naming the culprit rank to every
+// peer on a reserved control slot, so that ranks not talking to the culprit fail at once with the
+// same diagnosis instead of waiting out their own deadline. After a failure the Group refuses
+// further use until reconnect() re-rendezvouses under a new generation.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dtrain/comm/rendezvous.h"
+
+namespace gloo {
+class Context;
+namespace transport {
+class Device;
+class UnboundBuffer;
+}  // namespace transport
+}  // namespace gloo
+
+namespace dtrain::comm {
+
+using Clock = std::chrono::steady_clock;
+using Millis = std::chrono::milliseconds;
+
+struct GroupOptions {
+  std::string rendezvous;    // file:///dir or redis://host:port; may be empty when size is 1
+  std::optional<int> rank;   // overrides the launcher environment
+  std::optional<int> size;   // overrides the launcher environment
+  std::string run_id;        // empty: detect_run_id()
+  std::string host;          // TCP: address to bind and advertise (e.g. 127.0.0.1)
+  std::string iface;         // TCP: interface to bind (e.g. eth0); used when host is empty
+  std::string transport = "tcp";  // "tcp" or "ibverbs"
+  std::string ib_device;     // ibverbs device name; empty: the first one
+  Millis timeout{60000};     // default deadline of every wait
+};
+
+struct AnyOf {
+  std::vector<int> ranks;
+};
+
+struct Message {
+  int src = -1;
+  std::vector<std::byte> bytes;
+};
+
+class Group;
+
+// Where a blocking wait comes from: op name and tag for messages, the ranks it waits on, and when
+// it gives up.
+struct WaitInfo {
+  const char* op = "";
+  uint64_t tag = 0;
+  std::span<const int> peers;
+  Clock::time_point deadline;
+};
+
+// Memory registered with the transport for sends and receives (a Gloo unbound buffer). At most one
+// outstanding send and one outstanding receive completion is awaited at a time per buffer.
+class Buffer {
+ public:
+  ~Buffer();
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  void send(int dst, uint64_t slot, size_t offset, size_t nbytes);
+  void recv(int src, uint64_t slot, size_t offset, size_t nbytes);
+  void recv_any(const std::vector<int>& srcs, uint64_t slot, size_t offset, size_t nbytes);
+  // Wait for one completion; return the peer. Throw TimeoutError/IoError/ProtocolError naming
+  // the op, tag and ranks, after poisoning the group and notifying the other ranks.
+  int wait_send(const WaitInfo& info);
+  int wait_recv(const WaitInfo& info);
+
+  void* data() const;
+  size_t size() const;
+
+ private:
+  friend class Group;
+  Buffer(Group& group, std::unique_ptr<gloo::transport::UnboundBuffer> impl);
+  Group& group_;
+  std::unique_ptr<gloo::transport::UnboundBuffer> impl_;
+};
+
+class Group : public std::enable_shared_from_this<Group> {
+ public:
+  // Rendezvous and connect every pair. Throws InvalidArgument (bad options), IoError (store or
+  // transport unreachable), TimeoutError naming ranks that never joined.
+  static std::shared_ptr<Group> connect(const GroupOptions& options);
+  ~Group();
+  Group(const Group&) = delete;
+  Group& operator=(const Group&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  Millis timeout() const { return options_.timeout; }
+  uint64_t generation() const { return generation_; }
+  const GroupOptions& options() const { return options_; }
+
+  // Tags are handed out by a per-group counter; every rank issues operations in the same order,
+  // so every rank draws the same tag for the same operation.
+  uint64_t next_tag() { return next_tag_++; }
+  // Gloo slot of a tag's sub-channel. Sub-channels 0 and 1 carry framed messages.
+  static uint64_t slot(uint64_t tag, uint32_t sub) { return (tag << 24) | sub; }
+  static constexpr uint32_t kMaxSub = (1u << 24) - 1;
+  // Deadline of an operation started now (timeout 0 means the group's default).
+  Clock::time_point deadline(Millis timeout = Millis(0)) const {
+    return Clock::now() + (timeout.count() > 0 ? timeout : options_.timeout);
+  }
+
+  // Framed point-to-point. `send` returns when the payload has been handed to the receiver.
+  void send(int dst, uint64_t tag, std::span<const std::byte> bytes, Millis timeout = Millis(0));
+  Message recv(int src, uint64_t tag, Millis timeout = Millis(0));
+  Message recv(const AnyOf& srcs, uint64_t tag, Millis timeout = Millis(0));
+  // Receive into a buffer of known size. A message of another size is drained and reported as a
+  // ProtocolError naming the peer and both sizes; the group stays usable.
+  void recv_into(int src, uint64_t tag, std::span<std::byte> out, Millis timeout = Millis(0));
+
+  // Register memory for raw (unframed) transfers, used by collectives once sizes are agreed.
+  std::unique_ptr<Buffer> buffer(void* ptr, size_t nbytes);
+
+  // Fail on purpose: poison the group, notify peers, throw. `culprit` is a rank or -1.
+  enum class FailKind : int32_t { kIo = 1, kTimeout = 2, kProtocol = 3 };
+  [[noreturn]] void fail(FailKind kind, int culprit, const std::string& message);
+
+  // True once an operation failed; every further operation throws until reconnect().
+  bool poisoned() const;
+  // Throws the stored failure if poisoned.
+  void check_usable() const;
+
+  // Re-rendezvous under generation+1 with the same rank/size, or with a new rank and size (e.g.
+  // the survivors of a failure, renumbered 0..n-1). Every member of the new group must call it.
+  void reconnect();
+  void reconnect(int new_rank, int new_size);
+
+  // The underlying Gloo context (for the Gloo baseline adapter); null when size is 1.
+  const std::shared_ptr<gloo::Context>& gloo_context() const { return context_; }
+
+ private:
+  friend class Buffer;
+  struct Waiter;
+  explicit Group(GroupOptions options);
+  void rendezvous();
+  void teardown();
+  int wait(Buffer& buf, bool is_recv, const WaitInfo& info);
+  void monitor_loop();
+  void control_loop();
+  void notify_peers(FailKind kind, int culprit, const std::string& message);
+  void on_remote_notice(int from, FailKind kind, int culprit, const std::string& message);
+  Message recv_framed(const std::vector<int>& srcs, uint64_t tag, Millis timeout, const char* op,
+                      std::span<std::byte> into, bool fixed);
+
+  GroupOptions options_;
+  int rank_ = 0;
+  int size_ = 1;
+  uint64_t generation_ = 0;
+  uint64_t next_tag_ = 1;
+  std::unique_ptr<Store> store_;
+  std::shared_ptr<gloo::transport::Device> device_;
+  std::shared_ptr<gloo::Context> context_;
+
+  // Failure state and the waits the monitor may abort.
+  mutable std::mutex mu_;
+  std::condition_variable monitor_cv_;
+  std::vector<Waiter*> waiters_;
+  std::exception_ptr failure_;
+  bool stopping_ = false;
+  std::thread monitor_;
+  std::thread control_;
+  std::vector<std::byte> control_in_;
+  std::unique_ptr<Buffer> control_buf_;
+  std::vector<std::vector<std::byte>> notice_out_;
+  std::vector<std::unique_ptr<Buffer>> notice_bufs_;
+};
+
+}  // namespace dtrain::comm

@@ -1,0 +1,97 @@
+// A rendezvous store in a directory (a shared file system across hosts, or /tmp on one host).
+// One file per key; a key's '/' becomes '%' so prefixes never need sub-directories. Writes go to a
+// temporary name and are renamed into place, so a reader sees a whole value or none, and a key that
+// already exists (a re-used directory) is overwritten instead of aborting.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <random>
+
+#include "dtrain/comm/rendezvous.h"
+#include "dtrain/common/error.h"
+
+namespace dtrain::comm {
+namespace {
+
+class FileStore : public Store {
+ public:
+  explicit FileStore(std::string dir) : dir_(std::move(dir)) {
+    struct stat st {};
+    if (::stat(dir_.c_str(), &st) != 0) {
+      if (::mkdir(dir_.c_str(), 0777) != 0 && errno != EEXIST) {
+        throw IoError(detail::concat("rendezvous directory ", dir_,
+                                     " does not exist and cannot be created: ", std::strerror(errno)));
+      }
+    } else if (!S_ISDIR(st.st_mode)) {
+      throw InvalidArgument(detail::concat("rendezvous path ", dir_, " is not a directory"));
+    }
+  }
+
+  void set(const std::string& key, const std::vector<char>& data) override {
+    std::string final_path = path(key);
+    std::string tmp = detail::concat(final_path, ".tmp.", ::getpid(), ".", std::random_device{}());
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+      throw IoError(detail::concat("rendezvous: cannot write ", tmp, ": ", std::strerror(errno)));
+    }
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        int err = errno;
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        throw IoError(detail::concat("rendezvous: write ", tmp, ": ", std::strerror(err)));
+      }
+      done += static_cast<size_t>(n);
+    }
+    ::close(fd);
+    if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
+      int err = errno;
+      ::unlink(tmp.c_str());
+      throw IoError(detail::concat("rendezvous: rename to ", final_path, ": ", std::strerror(err)));
+    }
+  }
+
+  std::vector<char> get(const std::string& key) override {
+    wait({key});
+    std::ifstream in(path(key), std::ios::binary);
+    if (!in) throw IoError(detail::concat("rendezvous: cannot read ", path(key)));
+    return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+
+  bool check(const std::vector<std::string>& keys) override {
+    for (const auto& k : keys) {
+      if (::access(path(k).c_str(), R_OK) != 0) return false;
+    }
+    return true;
+  }
+
+  void remove(const std::vector<std::string>& keys) override {
+    for (const auto& k : keys) ::unlink(path(k).c_str());
+  }
+
+ private:
+  std::string path(const std::string& key) const {
+    std::string name = key;
+    for (char& c : name) {
+      if (c == '/') c = '%';
+    }
+    return dir_ + "/" + name;
+  }
+  std::string dir_;
+};
+
+}  // namespace
+
+std::unique_ptr<Store> make_file_store(const std::string& dir) {
+  return std::make_unique<FileStore>(dir);
+}
+
+}  // namespace dtrain::comm

@@ -1,0 +1,246 @@
+// Group: rendezvous, framed point-to-point, tags, bad input.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <numeric>
+
+#include "dtrain/common/error.h"
+#include "harness.h"
+
+namespace dtrain::test {
+namespace {
+
+std::vector<std::byte> pattern(size_t n, int seed) {
+  std::vector<std::byte> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>((i * 131 + seed * 7 + 3) & 0xff);
+  return v;
+}
+
+TEST(Group, SizeOneNeedsNoRendezvous) {
+  comm::GroupOptions o;
+  o.rank = 0;
+  o.size = 1;
+  auto g = comm::Group::connect(o);
+  EXPECT_EQ(g->rank(), 0);
+  EXPECT_EQ(g->size(), 1);
+}
+
+TEST(Group, SendRecvVariableSizes) {
+  // Sizes the receiver does not know in advance, larger and smaller than the previous one.
+  const std::vector<size_t> sizes = {0, 1, 7, 1000, (size_t{1} << 20) + 3, 5, 0, 3 << 20};
+  spawn(2, [&](comm::Group& g) {
+    uint64_t tag = g.next_tag();
+    if (g.rank() == 0) {
+      for (size_t i = 0; i < sizes.size(); ++i) g.send(1, tag, pattern(sizes[i], int(i)));
+    } else {
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        auto m = g.recv(0, tag);
+        EXPECT_EQ(m.src, 0);
+        ASSERT_EQ(m.bytes.size(), sizes[i]);
+        EXPECT_TRUE(m.bytes == pattern(sizes[i], int(i))) << "message " << i;
+      }
+    }
+  });
+}
+
+TEST(Group, RecvFromAnySource) {
+  spawn(5, [&](comm::Group& g) {
+    uint64_t tag = g.next_tag();
+    if (g.rank() == 0) {
+      std::vector<int> seen(5, 0);
+      for (int i = 0; i < 4; ++i) {
+        auto m = g.recv(comm::AnyOf{{1, 2, 3, 4}}, tag);
+        ASSERT_GE(m.src, 1);
+        ASSERT_LE(m.src, 4);
+        EXPECT_TRUE(m.bytes == pattern(100 * m.src, m.src));
+        seen[m.src]++;
+      }
+      EXPECT_EQ(seen, (std::vector<int>{0, 1, 1, 1, 1}));
+    } else {
+      g.send(0, tag, pattern(100 * g.rank(), g.rank()));
+    }
+  });
+}
+
+TEST(Group, RecvIntoWrongSizeIsProtocolErrorAndGroupStaysUsable) {
+  spawn(2, [&](comm::Group& g) {
+    uint64_t tag = g.next_tag();
+    if (g.rank() == 0) {
+      g.send(1, tag, pattern(64, 1));   // larger than expected
+      g.send(1, tag, pattern(16, 2));   // smaller than expected
+      g.send(1, tag, pattern(32, 3));   // as expected
+    } else {
+      std::vector<std::byte> buf(32);
+      try {
+        g.recv_into(0, tag, buf);
+        FAIL() << "no error for a 64-byte message into 32 bytes";
+      } catch (const ProtocolError& e) {
+        EXPECT_NE(std::string(e.what()).find("rank 0 sent 64 bytes, expected 32"), std::string::npos)
+            << e.what();
+      }
+      EXPECT_THROW(g.recv_into(0, tag, buf), ProtocolError);
+      g.recv_into(0, tag, buf);
+      EXPECT_TRUE(buf == pattern(32, 3));
+      EXPECT_FALSE(g.poisoned());
+    }
+  });
+}
+
+TEST(Group, TagsKeepMessagesApart) {
+  spawn(2, [&](comm::Group& g) {
+    uint64_t a = g.next_tag();
+    uint64_t b = g.next_tag();
+    if (g.rank() == 0) {
+      // Sends complete when the receiver takes them: send on b from a second thread while the
+      // receiver first waits on a, so only tag matching can pair them up correctly.
+      std::thread tb([&] { g.send(1, b, pattern(10, 20)); });
+      g.send(1, a, pattern(11, 10));
+      tb.join();
+    } else {
+      auto ma = g.recv(0, a);
+      auto mb = g.recv(0, b);
+      EXPECT_TRUE(ma.bytes == pattern(11, 10));
+      EXPECT_TRUE(mb.bytes == pattern(10, 20));
+    }
+  });
+}
+
+TEST(Group, RecvTimeoutNamesSilentRank) {
+  TempDir dir;
+  auto errors = run_threads(3, [&](int r) {
+    auto g = comm::Group::connect(local_options(dir, r, 3, comm::Millis(1500)));
+    uint64_t tag = g->next_tag();
+    if (r == 0) {
+      g->recv(comm::AnyOf{{1, 2}}, tag);  // nobody sends
+    } else {
+      // Stay alive until rank 0 gives up, then expect its notice.
+      EXPECT_THROW(g->recv(0, g->next_tag(), comm::Millis(10000)), TimeoutError);
+    }
+  });
+  ASSERT_TRUE(errors[0]);
+  std::string msg = what(errors[0]);
+  EXPECT_NE(msg.find("rank(s) 1, 2"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("tag 1"), std::string::npos) << msg;
+  EXPECT_THROW(std::rethrow_exception(errors[0]), TimeoutError);
+  EXPECT_FALSE(errors[1]) << what(errors[1]);
+  EXPECT_FALSE(errors[2]) << what(errors[2]);
+}
+
+TEST(Group, MissingRankIsNamedAtRendezvous) {
+  TempDir dir;
+  auto errors = run_threads(3, [&](int r) {
+    comm::Group::connect(local_options(dir, r, 4, comm::Millis(1000)));  // rank 3 never comes
+  });
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE(errors[r]) << "rank " << r;
+    EXPECT_THROW(std::rethrow_exception(errors[r]), TimeoutError);
+    EXPECT_NE(what(errors[r]).find("rank(s) 3 did not join"), std::string::npos) << what(errors[r]);
+  }
+}
+
+TEST(Group, ReusedDirectoryWorks) {
+  TempDir dir;
+  for (int round = 0; round < 3; ++round) {
+    auto errors = run_threads(3, [&](int r) {
+      auto g = comm::Group::connect(local_options(dir, r, 3));
+      uint64_t tag = g->next_tag();
+      if (r == 0) {
+        g->send(1, tag, pattern(5, round));
+      } else if (r == 1) {
+        EXPECT_TRUE(g->recv(0, tag).bytes == pattern(5, round));
+      }
+    });
+    for (auto& e : errors) ASSERT_FALSE(e) << what(e);
+  }
+}
+
+TEST(Group, ReconnectUnderNewGeneration) {
+  spawn(3, [&](comm::Group& g) {
+    uint64_t gen = g.generation();
+    g.reconnect();
+    EXPECT_EQ(g.generation(), gen + 1);
+    uint64_t tag = g.next_tag();
+    int next = (g.rank() + 1) % 3;
+    int prev = (g.rank() + 2) % 3;
+    std::vector<std::byte> in(8);
+    auto out = pattern(8, g.rank());
+    if (g.rank() == 0) {
+      g.send(next, tag, out);
+      g.recv_into(prev, tag, in);
+    } else {
+      g.recv_into(prev, tag, in);
+      g.send(next, tag, out);
+    }
+    EXPECT_TRUE(in == pattern(8, prev));
+  });
+}
+
+TEST(GroupBadInput, RankOutsideWorld) {
+  comm::GroupOptions o;
+  o.rendezvous = "file:///tmp";
+  o.rank = 4;
+  o.size = 4;
+  try {
+    comm::Group::connect(o);
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 4 is outside 0..3"), std::string::npos) << e.what();
+  }
+}
+
+TEST(GroupBadInput, NonPositiveSize) {
+  comm::GroupOptions o;
+  o.rank = 0;
+  o.size = -2;
+  EXPECT_THROW(comm::Group::connect(o), InvalidArgument);
+  o.size = 0;
+  EXPECT_THROW(comm::Group::connect(o), InvalidArgument);
+}
+
+TEST(GroupBadInput, MissingRendezvous) {
+  comm::GroupOptions o;
+  o.rank = 0;
+  o.size = 2;
+  EXPECT_THROW(comm::Group::connect(o), InvalidArgument);
+}
+
+TEST(GroupBadInput, MalformedUrl) {
+  for (std::string url : {"http://x", "file://relative/dir", "redis://", "redis://h:0",
+                          "redis://h:port", "redis://h:70000", ""}) {
+    if (url.empty()) continue;
+    comm::GroupOptions o;
+    o.rendezvous = url;
+    o.rank = 0;
+    o.size = 2;
+    try {
+      comm::Group::connect(o);
+      FAIL() << url;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(url), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(GroupBadInput, UnreachableRedis) {
+  comm::GroupOptions o;
+  o.rendezvous = "redis://127.0.0.1:1";  // nothing listens on port 1
+  o.rank = 0;
+  o.size = 2;
+  try {
+    comm::Group::connect(o);
+    FAIL();
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("127.0.0.1:1"), std::string::npos) << e.what();
+  }
+}
+
+TEST(GroupBadInput, SendToSelfOrOutside) {
+  spawn(2, [&](comm::Group& g) {
+    EXPECT_THROW(g.send(g.rank(), 1, {}), InvalidArgument);
+    EXPECT_THROW(g.send(7, 1, {}), InvalidArgument);
+    EXPECT_THROW(g.recv(-1, 1), InvalidArgument);
+  });
+}
+
+}  // namespace
+}  // namespace dtrain::test
