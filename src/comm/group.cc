@@ -11,49 +11,15 @@
 
 #include "dtrain/common/error.h"
 #include "dtrain/common/logging.h"
+#include "group_internal.h"
 
 namespace dtrain::comm {
+
+using internal::ControlMsg;
+using internal::kControlSize;
+using internal::rank_list;
+
 namespace {
-
-constexpr uint64_t kControlSlot = ~uint64_t{0};
-constexpr size_t kNoticeSize = 512;
-constexpr uint32_t kFrameMagic = 0x4454524e;  // "DTRN"
-// Gloo's own wait timeout sits well past ours: our monitor aborts first, so Gloo never tears the
-// context down on a timeout before we have told the peers why.
-constexpr Millis kGlooSlack{30000};
-// Largest frame we accept: a bigger length is taken as a corrupt header, not an allocation.
-constexpr uint64_t kMaxFrameBytes = uint64_t{1} << 40;
-
-struct FrameHeader {
-  uint32_t magic;
-  uint32_t flags;
-  uint64_t length;
-};
-static_assert(sizeof(FrameHeader) == 16);
-
-struct Notice {
-  int32_t kind;
-  int32_t culprit;
-  char message[kNoticeSize - 8];
-};
-static_assert(sizeof(Notice) == kNoticeSize);
-
-std::string rank_list(std::span<const int> ranks) {
-  std::string out;
-  for (int r : ranks) out += (out.empty() ? "" : ", ") + std::to_string(r);
-  return out;
-}
-
-std::exception_ptr make_error(Group::FailKind kind, const std::string& message) {
-  switch (kind) {
-    case Group::FailKind::kTimeout:
-      return std::make_exception_ptr(TimeoutError(message));
-    case Group::FailKind::kProtocol:
-      return std::make_exception_ptr(ProtocolError(message));
-    default:
-      return std::make_exception_ptr(IoError(message));
-  }
-}
 
 // Records the keys a rank writes during rendezvous so it can remove them once everyone has read.
 class RecordingStore : public Store {
@@ -77,21 +43,6 @@ class RecordingStore : public Store {
 
 }  // namespace
 
-struct Group::Waiter {
-  gloo::transport::UnboundBuffer* buf;
-  bool is_recv;
-  Clock::time_point deadline;
-  enum class Reason { kNone, kTimeout, kFailure } reason = Reason::kNone;
-
-  void abort() const {
-    if (is_recv) {
-      buf->abortWaitRecv();
-    } else {
-      buf->abortWaitSend();
-    }
-  }
-};
-
 // ---------------------------------------------------------------------------------------------
 // Buffer
 
@@ -106,8 +57,8 @@ void Buffer::send(int dst, uint64_t slot, size_t offset, size_t nbytes) {
     impl_->send(dst, slot, offset, nbytes);
   } catch (const std::exception& e) {
     group_.fail(Group::FailKind::kIo, dst,
-                detail::concat("send to rank ", dst, " failed on rank ", group_.rank(), ": ",
-                               e.what()));
+                detail::concat("connection to rank(s) ", dst, " failed on rank ", group_.rank(),
+                               " (posting a send): ", e.what()));
   }
 }
 
@@ -116,8 +67,8 @@ void Buffer::recv(int src, uint64_t slot, size_t offset, size_t nbytes) {
     impl_->recv(src, slot, offset, nbytes);
   } catch (const std::exception& e) {
     group_.fail(Group::FailKind::kIo, src,
-                detail::concat("receive from rank ", src, " failed on rank ", group_.rank(), ": ",
-                               e.what()));
+                detail::concat("connection to rank(s) ", src, " failed on rank ", group_.rank(),
+                               " (posting a receive): ", e.what()));
   }
 }
 
@@ -223,7 +174,7 @@ void Group::rendezvous() {
   }
 
   auto ctx = std::make_shared<gloo::rendezvous::Context>(rank_, size_);
-  ctx->setTimeout(options_.timeout + kGlooSlack);
+  ctx->setTimeout(options_.timeout + internal::kGlooSlack);
   try {
     ctx->connectFullMesh(store, device_);
   } catch (const Error&) {
@@ -234,12 +185,12 @@ void Group::rendezvous() {
   }
   context_ = ctx;
 
-  control_in_.assign(kNoticeSize, std::byte{0});
+  control_in_.assign(kControlSize, std::byte{0});
   control_buf_ = buffer(control_in_.data(), control_in_.size());
-  notice_out_.assign(size_, std::vector<std::byte>(kNoticeSize));
+  notice_out_.assign(size_, std::vector<std::byte>(kControlSize));
   notice_bufs_.clear();
   for (int r = 0; r < size_; ++r) {
-    notice_bufs_.push_back(buffer(notice_out_[r].data(), kNoticeSize));
+    notice_bufs_.push_back(buffer(notice_out_[r].data(), kControlSize));
   }
   stopping_ = false;
   monitor_ = std::thread([this] { monitor_loop(); });
@@ -272,6 +223,11 @@ void Group::teardown() {
   if (context_) context_->closeConnections();
   control_buf_.reset();
   notice_bufs_.clear();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    graveyard_.clear();
+    graveyard_bytes_.clear();
+  }
   context_.reset();
 }
 
@@ -301,186 +257,12 @@ std::unique_ptr<Buffer> Group::buffer(void* ptr, size_t nbytes) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Failure handling
-
-bool Group::poisoned() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return failure_ != nullptr;
-}
-
-void Group::check_usable() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (failure_) std::rethrow_exception(failure_);
-}
-
-void Group::fail(FailKind kind, int culprit, const std::string& message) {
-  auto error = make_error(kind, message);
-  bool first = false;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!failure_) {
-      failure_ = error;
-      first = true;
-      for (Waiter* w : waiters_) {
-        w->reason = Waiter::Reason::kFailure;
-        w->abort();
-      }
-    }
-  }
-  if (first) {
-    spdlog::error("{}", message);
-    notify_peers(kind, culprit, message);
-  }
-  std::rethrow_exception(error);
-}
-
-void Group::notify_peers(FailKind kind, int culprit, const std::string& message) {
-  if (!context_) return;
-  std::vector<int> sent;
-  for (int r = 0; r < size_; ++r) {
-    if (r == rank_) continue;
-    Notice notice{};
-    notice.kind = static_cast<int32_t>(kind);
-    notice.culprit = culprit;
-    std::strncpy(notice.message, message.c_str(), sizeof(notice.message) - 1);
-    std::memcpy(notice_out_[r].data(), &notice, sizeof(notice));
-    try {
-      notice_bufs_[r]->impl_->send(r, kControlSlot, 0, kNoticeSize);
-      sent.push_back(r);
-    } catch (const std::exception&) {
-      // That peer's connection is already gone; it needs no notice.
-    }
-  }
-  // Wait for the healthy peers first: a wait on a stalled culprit ends in Gloo's own timeout,
-  // which closes every connection of this context.
-  std::stable_partition(sent.begin(), sent.end(), [&](int r) { return r != culprit; });
-  for (int r : sent) {
-    try {
-      notice_bufs_[r]->impl_->waitSend(nullptr, Millis(1000));
-    } catch (const std::exception&) {
-    }
-  }
-}
-
-void Group::on_remote_notice(int from, FailKind kind, int culprit, const std::string& message) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (failure_) return;
-  std::string text = detail::concat(message, " (reported by rank ", from, " to rank ", rank_,
-                                    culprit >= 0 ? "" : "", ")");
-  failure_ = make_error(kind, text);
-  for (Waiter* w : waiters_) {
-    w->reason = Waiter::Reason::kFailure;
-    w->abort();
-  }
-}
-
-void Group::control_loop() {
-  std::vector<int> others;
-  for (int r = 0; r < size_; ++r) {
-    if (r != rank_) others.push_back(r);
-  }
-  try {
-    while (true) {
-      control_buf_->impl_->recv(others, kControlSlot, 0, kNoticeSize);
-      int src = -1;
-      bool ok = control_buf_->impl_->waitRecv(&src, Millis(24LL * 3600 * 1000));
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (stopping_) return;
-      }
-      if (!ok) continue;
-      Notice notice{};
-      std::memcpy(&notice, control_in_.data(), sizeof(notice));
-      notice.message[sizeof(notice.message) - 1] = '\0';
-      auto kind = static_cast<FailKind>(notice.kind);
-      if (kind != FailKind::kIo && kind != FailKind::kTimeout && kind != FailKind::kProtocol) {
-        kind = FailKind::kProtocol;
-      }
-      on_remote_notice(src, kind, notice.culprit, notice.message);
-    }
-  } catch (const std::exception&) {
-    // The control channel broke (a peer went away); data waits still fail on their own.
-  }
-}
-
-void Group::monitor_loop() {
-  std::unique_lock<std::mutex> lock(mu_);
-  while (!stopping_) {
-    auto now = Clock::now();
-    std::optional<Clock::time_point> next;
-    for (Waiter* w : waiters_) {
-      if (w->reason != Waiter::Reason::kNone) continue;
-      if (w->deadline <= now) {
-        w->reason = Waiter::Reason::kTimeout;
-        w->abort();
-      } else if (!next || w->deadline < *next) {
-        next = w->deadline;
-      }
-    }
-    if (next) {
-      monitor_cv_.wait_until(lock, *next);
-    } else {
-      monitor_cv_.wait(lock);
-    }
-  }
-}
-
-int Group::wait(Buffer& buf, bool is_recv, const WaitInfo& info) {
-  Waiter waiter{buf.impl_.get(), is_recv, info.deadline};
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (failure_) std::rethrow_exception(failure_);
-    waiters_.push_back(&waiter);
-  }
-  monitor_cv_.notify_all();
-  int peer = -1;
-  bool ok = false;
-  std::string io_error;
-  try {
-    auto remaining = std::chrono::duration_cast<Millis>(info.deadline - Clock::now());
-    auto gloo_timeout = std::max(remaining, Millis(0)) + kGlooSlack;
-    ok = is_recv ? buf.impl_->waitRecv(&peer, gloo_timeout)
-                 : buf.impl_->waitSend(&peer, gloo_timeout);
-  } catch (const std::exception& e) {
-    io_error = e.what();
-  }
-  Waiter::Reason reason;
-  std::exception_ptr failure;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    std::erase(waiters_, &waiter);
-    reason = waiter.reason;
-    failure = failure_;
-  }
-  std::string what = detail::concat(info.op, " (tag ", info.tag, ") on rank ", rank_);
-  int culprit = info.peers.size() == 1 ? info.peers[0] : -1;
-  if (reason == Waiter::Reason::kFailure && failure) std::rethrow_exception(failure);
-  if (reason == Waiter::Reason::kTimeout) {
-    fail(FailKind::kTimeout, culprit,
-         detail::concat(what, ": timed out after ", options_.timeout.count(),
-                        " ms waiting to ", is_recv ? "receive from" : "send to", " rank(s) ",
-                        rank_list(info.peers), " (not heard from)"));
-  }
-  if (!io_error.empty()) {
-    if (failure) std::rethrow_exception(failure);
-    fail(FailKind::kIo, culprit,
-         detail::concat(what, ": connection to rank(s) ", rank_list(info.peers),
-                        " failed: ", io_error));
-  }
-  if (!ok) {
-    if (failure) std::rethrow_exception(failure);
-    fail(FailKind::kIo, culprit, detail::concat(what, ": wait aborted"));
-  }
-  return peer;
-}
-
-// ---------------------------------------------------------------------------------------------
 // Framed point-to-point
 
 void Group::send(int dst, uint64_t tag, std::span<const std::byte> bytes, Millis timeout) {
   DT_ENFORCE(dst >= 0 && dst < size_ && dst != rank_, "send: destination rank ", dst,
              " is not a peer of rank ", rank_, " in a group of size ", size_);
-  FrameHeader header{kFrameMagic, 0, bytes.size()};
+  internal::FrameHeader header{internal::kFrameMagic, 0, bytes.size()};
   auto hb = buffer(&header, sizeof(header));
   std::unique_ptr<Buffer> pb;
   int peers[1] = {dst};
@@ -501,7 +283,7 @@ Message Group::recv_framed(const std::vector<int>& srcs, uint64_t tag, Millis ti
     DT_ENFORCE(s >= 0 && s < size_ && s != rank_, op, ": source rank ", s,
                " is not a peer of rank ", rank_, " in a group of size ", size_);
   }
-  FrameHeader header{};
+  internal::FrameHeader header{};
   auto hb = buffer(&header, sizeof(header));
   WaitInfo info{op, tag, srcs, deadline(timeout)};
   if (srcs.size() == 1) {
@@ -511,7 +293,7 @@ Message Group::recv_framed(const std::vector<int>& srcs, uint64_t tag, Millis ti
   }
   Message msg;
   msg.src = hb->wait_recv(info);
-  if (header.magic != kFrameMagic || header.length > kMaxFrameBytes) {
+  if (header.magic != internal::kFrameMagic || header.length > internal::kMaxFrameBytes) {
     fail(FailKind::kProtocol, msg.src,
          detail::concat(op, " (tag ", tag, ") on rank ", rank_, ": malformed frame header from rank ",
                         msg.src, " (magic ", header.magic, ", length ", header.length, ")"));

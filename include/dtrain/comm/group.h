@@ -164,7 +164,12 @@ class Group : public std::enable_shared_from_this<Group> {
   void monitor_loop();
   void control_loop();
   void notify_peers(FailKind kind, int culprit, const std::string& message);
-  void on_remote_notice(int from, FailKind kind, int culprit, const std::string& message);
+  void on_remote_notice(int from, FailKind kind, const std::string& message);
+  void answer_probe(int from, uint64_t nonce);
+  // The ranks `peer` is blocked on, or nothing if it does not answer within `window`.
+  std::optional<std::vector<int>> probe(int peer, Millis window);
+  // Walks the wait-for graph from `peers`; returns the explanation and sets *culprit.
+  std::string diagnose(std::span<const int> peers, int* culprit);
   Message recv_framed(const std::vector<int>& srcs, uint64_t tag, Millis timeout, const char* op,
                       std::span<std::byte> into, bool fixed);
 
@@ -180,6 +185,11 @@ class Group : public std::enable_shared_from_this<Group> {
   // Failure state and the waits the monitor may abort.
   mutable std::mutex mu_;
   std::condition_variable monitor_cv_;
+  std::condition_variable failure_cv_;
+  uint64_t probe_counter_ = 0;
+  // Buffers of probes and answers that may still be in flight; freed at teardown.
+  std::vector<std::unique_ptr<Buffer>> graveyard_;
+  std::vector<std::unique_ptr<std::vector<std::byte>>> graveyard_bytes_;
   std::vector<Waiter*> waiters_;
   std::exception_ptr failure_;
   bool stopping_ = false;
