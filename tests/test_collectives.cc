@@ -259,7 +259,9 @@ TEST_P(Collectives, Broadcast) {
           c[root] = count;
           return c;
         }(), detail::concat("broadcast from ", root));
-        if (count > 0 && root > 0) EXPECT_EQ(data[0], fill<double>(root, 0));
+        if (count > 0 && root > 0) {
+          EXPECT_EQ(data[0], fill<double>(root, 0));
+        }
       }
     }
   });

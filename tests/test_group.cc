@@ -1,8 +1,14 @@
 // Group: rendezvous, framed point-to-point, tags, bad input.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <thread>
 
 #include "dtrain/common/error.h"
 #include "harness.h"
@@ -240,6 +246,76 @@ TEST(GroupBadInput, SendToSelfOrOutside) {
     EXPECT_THROW(g.send(7, 1, {}), InvalidArgument);
     EXPECT_THROW(g.recv(-1, 1), InvalidArgument);
   });
+}
+
+}  // namespace
+}  // namespace dtrain::test
+
+namespace dtrain::test {
+namespace {
+
+// A private redis-server on a loopback port, stopped on destruction.
+class RedisServer {
+ public:
+  RedisServer() {
+    port_ = 20000 + ::getpid() % 20000;
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      std::string port = std::to_string(port_);
+      ::execlp("redis-server", "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--loglevel", "warning", nullptr);
+      ::_exit(127);
+    }
+    // Up when a store can connect.
+    for (int i = 0; i < 200; ++i) {
+      try {
+        comm::open_store(comm::RendezvousUrl::parse(url()));
+        return;
+      } catch (const IoError&) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(25));
+      }
+    }
+  }
+  ~RedisServer() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+TEST(GroupRedis, RendezvousThroughRedisTwice) {
+  if (std::system("command -v redis-server > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "redis-server is not installed (scripts/setup.sh installs it)";
+  }
+  RedisServer redis;
+  for (int round = 0; round < 2; ++round) {  // the second round meets keys of the first
+    auto errors = run_threads(3, [&](int r) {
+      comm::GroupOptions o;
+      o.rendezvous = redis.url();
+      o.rank = r;
+      o.size = 3;
+      o.host = "127.0.0.1";
+      o.run_id = "redis-test";
+      o.timeout = comm::Millis(20000);
+      auto g = comm::Group::connect(o);
+      uint64_t tag = g->next_tag();
+      if (r != 0) {
+        g->send(0, tag, pattern(10 + r, r));
+      } else {
+        for (int i = 0; i < 2; ++i) {
+          auto m = g->recv(comm::AnyOf{{1, 2}}, tag);
+          EXPECT_TRUE(m.bytes == pattern(10 + m.src, m.src));
+        }
+      }
+    });
+    for (auto& e : errors) ASSERT_FALSE(e) << what(e);
+  }
 }
 
 }  // namespace

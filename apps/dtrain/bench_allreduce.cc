@@ -1,0 +1,204 @@
+// `dtrain bench allreduce`: times our ring allreduce against Gloo's ring (and MPI_Allreduce when
+// built) in the same run, on the same group, interleaving the algorithms iteration by iteration
+// so that machine noise hits all of them alike. Every figure is the slowest rank's time of that
+// iteration (ranks start together after a barrier). The first iteration of each algorithm is
+// checked against the exact expected sum.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "dtrain/collective/collective.h"
+#include "dtrain/common/error.h"
+#include "dtrain/common/logging.h"
+#include "group_flags.h"
+#include "launcher.h"
+
+namespace dtrain::app {
+namespace {
+
+struct BenchFlags {
+  GroupFlags group;
+  int workers = 4;
+  std::vector<std::string> sizes = {"4K", "256K", "4M", "64M"};
+  std::vector<std::string> algos = {"ring", "gloo"};
+  int iters = 20;
+  int warmup = 3;
+  double link_gbps = 0;
+  size_t segment_bytes = 0;
+  std::string json;
+};
+
+size_t parse_size(const std::string& s) {
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &pos);
+  } catch (const std::exception&) {
+    throw InvalidArgument("--sizes: '" + s + "' is not a size (e.g. 4K, 64M, 1G)");
+  }
+  std::string unit = s.substr(pos);
+  double mult = 1;
+  if (unit == "K" || unit == "KiB") mult = 1 << 10;
+  else if (unit == "M" || unit == "MiB") mult = 1 << 20;
+  else if (unit == "G" || unit == "GiB") mult = double(1 << 30);
+  else if (!unit.empty() && unit != "B") {
+    throw InvalidArgument("--sizes: unit of '" + s + "' is not one of B, K, M, G");
+  }
+  DT_ENFORCE(v >= 0, "--sizes: '", s, "' is negative");
+  return static_cast<size_t>(v * mult);
+}
+
+std::string human(size_t bytes) {
+  if (bytes >= (1u << 30)) return detail::concat(bytes / double(1u << 30), "G");
+  if (bytes >= (1u << 20)) return detail::concat(bytes / double(1u << 20), "M");
+  if (bytes >= (1u << 10)) return detail::concat(bytes / double(1u << 10), "K");
+  return detail::concat(bytes, "B");
+}
+
+double percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  if (v.empty()) return 0;
+  size_t i = static_cast<size_t>(std::ceil(p * v.size())) - (p > 0 ? 1 : 0);
+  return v[std::min(i, v.size() - 1)];
+}
+
+using RunFn = void (*)(const collective::AllreduceOptions&);
+
+RunFn algo_fn(const std::string& name) {
+  if (name == "ring") return &collective::allreduce;
+  if (name == "gloo") return &collective::gloo_allreduce;
+#ifdef DTRAIN_WITH_MPI
+  if (name == "mpi") return &collective::mpi_allreduce;
+#endif
+  throw InvalidArgument("--algos: '" + name + "' is not one of ring, gloo" +
+#ifdef DTRAIN_WITH_MPI
+                        ", mpi"
+#else
+                        " (mpi needs a build with -DDTRAIN_WITH_MPI=ON)"
+#endif
+  );
+}
+
+void run_rank(const BenchFlags& f) {
+  std::vector<size_t> sizes;
+  for (const auto& s : f.sizes) sizes.push_back(parse_size(s));
+  std::vector<RunFn> fns;
+  for (const auto& a : f.algos) fns.push_back(algo_fn(a));
+  DT_ENFORCE(f.iters >= 1, "--iters must be >= 1, got ", f.iters);
+  DT_ENFORCE(f.warmup >= 0, "--warmup must be >= 0, got ", f.warmup);
+
+  auto group = comm::Group::connect(f.group.resolve());
+  comm::Group& g = *group;
+  log::init(g.rank(), g.size());
+  const int n = g.size();
+  nlohmann::json results = nlohmann::json::array();
+  if (g.rank() == 0) {
+    std::printf("allreduce float32, %d ranks, %d iterations (+%d warm-up), algorithms interleaved; "
+                "times are the slowest rank's\n", n, f.iters, f.warmup);
+    std::printf("%-8s %-6s %10s %10s %10s %10s %10s %9s%s\n", "size", "algo", "min ms",
+                "median ms", "p99 ms", "algbw GB/s", "busbw GB/s", "vs gloo",
+                f.link_gbps > 0 ? "  of bound" : "");
+  }
+  for (size_t bytes : sizes) {
+    const size_t count = bytes / sizeof(float);
+    std::vector<float> data(count);
+    std::map<std::string, std::vector<double>> times;
+    for (size_t a = 0; a < fns.size(); ++a) {
+      // Correctness first: rank-unique integers, whose float sums are exact.
+      for (size_t i = 0; i < count; ++i) data[i] = float(i % 13 + g.rank());
+      collective::AllreduceOptions o(g);
+      o.output = data;
+      o.segment_bytes = f.segment_bytes;
+      fns[a](o);
+      for (size_t i = 0; i < count; ++i) {
+        float want = float(n * (i % 13) + n * (n - 1) / 2);
+        if (data[i] != want) {
+          throw Error(detail::concat("bench: ", f.algos[a], " allreduce of ", count,
+                                     " floats is wrong at element ", i, " on rank ", g.rank(),
+                                     ": ", data[i], " != ", want));
+        }
+      }
+    }
+    for (int it = 0; it < f.warmup + f.iters; ++it) {
+      for (size_t k = 0; k < fns.size(); ++k) {
+        // Alternate the order so neither algorithm always runs first after the barrier.
+        size_t a = (it % 2 == 0) ? k : fns.size() - 1 - k;
+        collective::barrier(collective::BarrierOptions(g));
+        collective::AllreduceOptions o(g);
+        o.output = data;
+        o.segment_bytes = f.segment_bytes;
+        auto t0 = comm::Clock::now();
+        fns[a](o);
+        double secs = std::chrono::duration<double>(comm::Clock::now() - t0).count();
+        // The slowest rank's time is the collective's time.
+        collective::AllreduceOptions m(g);
+        m.output = collective::View(&secs, 1, collective::DataType::kFloat64);
+        m.op = collective::ReduceOp::kMax;
+        collective::allreduce(m);
+        if (it >= f.warmup) times[f.algos[a]].push_back(secs);
+      }
+    }
+    if (g.rank() != 0) continue;
+    double gloo_median = times.count("gloo") ? percentile(times["gloo"], 0.5) : 0;
+    for (const auto& name : f.algos) {
+      const auto& t = times[name];
+      double mn = percentile(t, 0), med = percentile(t, 0.5), p99 = percentile(t, 0.99);
+      double algbw = bytes / med / 1e9;
+      double busbw = algbw * 2.0 * (n - 1) / n;
+      double bound = f.link_gbps > 0 ? 2.0 * (n - 1) / n * bytes * 8 / (f.link_gbps * 1e9) : 0;
+      std::string vs = gloo_median > 0 ? detail::concat(med / gloo_median) : "-";
+      char vsbuf[32];
+      std::snprintf(vsbuf, sizeof(vsbuf), gloo_median > 0 ? "%.3fx" : "-", med / gloo_median);
+      std::printf("%-8s %-6s %10.3f %10.3f %10.3f %10.3f %10.3f %9s", human(bytes).c_str(),
+                  name.c_str(), mn * 1e3, med * 1e3, p99 * 1e3, algbw, busbw, vsbuf);
+      if (bound > 0) std::printf("  %7.1f%%", 100.0 * bound / med);
+      std::printf("\n");
+      results.push_back({{"size_bytes", bytes}, {"algo", name}, {"ranks", n},
+                         {"min_s", mn}, {"median_s", med}, {"p99_s", p99},
+                         {"algbw_GBps", algbw}, {"busbw_GBps", busbw},
+                         {"ratio_to_gloo", gloo_median > 0 ? med / gloo_median : 0.0},
+                         {"fraction_of_link_bound", bound > 0 ? bound / med : 0.0}});
+    }
+    std::fflush(stdout);
+  }
+  if (g.rank() == 0 && !f.json.empty()) {
+    std::ofstream out(f.json);
+    if (!out) throw IoError("cannot write --json file " + f.json);
+    out << results.dump(2) << "\n";
+  }
+}
+
+}  // namespace
+
+void add_bench_allreduce(CLI::App& bench, int argc, char** argv, int& exit_code) {
+  auto flags = std::make_shared<BenchFlags>();
+  auto* cmd = bench.add_subcommand("allreduce", "Our ring allreduce vs Gloo's ring (and MPI)");
+  flags->group.add_to(*cmd);
+  cmd->add_option("--workers", flags->workers,
+                  "Local ranks to start when not launched externally (default 4)")
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("--sizes", flags->sizes, "Message sizes, e.g. 4K,1M,64M")->delimiter(',');
+  cmd->add_option("--algos", flags->algos, "Algorithms: ring, gloo, mpi (when built)")
+      ->delimiter(',');
+  cmd->add_option("--iters", flags->iters, "Timed iterations per size and algorithm");
+  cmd->add_option("--warmup", flags->warmup, "Untimed iterations first");
+  cmd->add_option("--link-gbps", flags->link_gbps,
+                  "Per-host link rate; prints the fraction of the ring bound 2(N-1)/N*S/B reached");
+  cmd->add_option("--segment-bytes", flags->segment_bytes, "Ring pipelining segment (0: default)");
+  cmd->add_option("--json", flags->json, "Also write the results as JSON to this file");
+  cmd->callback([flags, argc, argv, &exit_code] {
+    if (!running_as_rank() && flags->group.rank < 0 && flags->workers > 1) {
+      LaunchOptions lo;
+      lo.workers = flags->workers;
+      exit_code = launch_local(lo, argc, argv);
+      return;
+    }
+    run_rank(*flags);
+  });
+}
+
+}  // namespace dtrain::app

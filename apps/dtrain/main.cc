@@ -1,1 +1,31 @@
-int main() { return 0; }
+// dtrain: communication-efficient distributed training. Entry point of the CLI.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+
+#include "commands.h"
+#include "dtrain/common/error.h"
+#include "dtrain/common/logging.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"dtrain: communication-efficient distributed training"};
+  int exit_code = 0;
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "dtrain 0.1.0");
+  auto* bench = app.add_subcommand("bench", "Measure collectives and compressors against baselines");
+  bench->require_subcommand(1);
+  dtrain::app::add_bench_allreduce(*bench, argc, argv, exit_code);
+  try {
+    dtrain::log::init(-1, 0);
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const dtrain::Error& e) {
+    std::fprintf(stderr, "dtrain: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dtrain: unexpected error: %s\n", e.what());
+    return 1;
+  }
+  return exit_code;
+}

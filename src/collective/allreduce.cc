@@ -86,16 +86,17 @@ void reduce_scatter(const ReduceScatterOptions& o) {
                      static_cast<uint32_t>(o.op), -1, o.input.count,
                      detail::hash_counts(layout.count)});
   const size_t elem = element_size(o.output.dtype);
-  std::vector<std::byte> work(o.input.bytes(), o.input.bytes() + o.input.nbytes());
+  std::byte* work = g.scratch(o.input.nbytes(), 1);
+  if (o.input.count > 0) std::memcpy(work, o.input.data, o.input.nbytes());
   if (n > 1) {
     const size_t seg = detail::segment_elems_for(layout, elem, o.segment_bytes, n, 1);
-    detail::RingPass pass{&g, tag, deadline, "reduce_scatter", work.data(), elem, &layout, seg};
+    detail::RingPass pass{&g, tag, deadline, "reduce_scatter", work, elem, &layout, seg};
     pass.reduce = fn;
     pass.shift = -1;
     detail::run_ring_pass(pass);
   }
   if (o.output.count == 0) return;
-  std::memcpy(o.output.data, work.data() + layout.offset[r] * elem, o.output.nbytes());
+  std::memcpy(o.output.data, work + layout.offset[r] * elem, o.output.nbytes());
   if (o.op == ReduceOp::kAvg) scale_down(o.output.data, o.output.count, o.output.dtype, n);
 }
 

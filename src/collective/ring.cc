@@ -80,24 +80,35 @@ void run_ring_pass(const RingPass& p) {
   auto seg_len = [&](int c, size_t j) { return std::min(seg, layout.count[c] - j * seg); };
   auto sub = [&](int s, size_t j) { return p.sub_base + static_cast<uint32_t>(s) * per_step + j; };
 
-  std::vector<std::byte> temp[2];
-  if (reducing) {
-    temp[0].resize(layout.max_count() * elem);
-    if (steps > 1) temp[1].resize(layout.max_count() * elem);
+  // The receives of a pass form one ordered sequence of (step, segment) jobs. Gathering jobs land
+  // in place, so all are posted at once. Reducing jobs land in a window of kWindow segment-sized
+  // slots of scratch memory (job k uses slot k % kWindow); consuming job k frees its slot for job
+  // k + kWindow. The window keeps the left neighbour several segments ahead while the temporary
+  // memory stays a few segments, not a chunk.
+  struct Job {
+    int step;
+    size_t seg;
+  };
+  std::vector<Job> jobs;
+  std::vector<size_t> first_job(steps + 1, 0);
+  for (int s = 0; s < steps; ++s) {
+    first_job[s] = jobs.size();
+    for (size_t j = 0; j < segments(chunk_received(s)); ++j) jobs.push_back({s, j});
   }
-  std::vector<std::vector<std::unique_ptr<comm::Buffer>>> recvs(steps);
+  first_job[steps] = jobs.size();
+  constexpr size_t kWindow = 8;
+  std::byte* window = reducing ? group.scratch(kWindow * seg * elem, 0) : nullptr;
+  std::vector<std::unique_ptr<comm::Buffer>> recvs(jobs.size());
   std::vector<std::vector<std::unique_ptr<comm::Buffer>>> sends(steps);
 
-  auto post_recvs = [&](int s) {
+  auto post_recv = [&](size_t k) {
+    const auto [s, j] = jobs[k];
     const int c = chunk_received(s);
-    for (size_t j = 0; j < segments(c); ++j) {
-      const size_t len = seg_len(c, j) * elem;
-      std::byte* dst = reducing ? temp[s % 2].data() + j * seg * elem
-                                : p.data + (layout.offset[c] + j * seg) * elem;
-      auto b = group.buffer(dst, len);
-      b->recv(left, comm::Group::slot(p.tag, sub(s, j)), 0, len);
-      recvs[s].push_back(std::move(b));
-    }
+    const size_t len = seg_len(c, j) * elem;
+    std::byte* dst = reducing ? window + (k % kWindow) * seg * elem
+                              : p.data + (layout.offset[c] + j * seg) * elem;
+    recvs[k] = group.buffer(dst, len);
+    recvs[k]->recv(left, comm::Group::slot(p.tag, sub(s, j)), 0, len);
   };
   auto post_send = [&](int s, size_t j) {
     const int c = chunk_sent(s);
@@ -107,27 +118,26 @@ void run_ring_pass(const RingPass& p) {
     sends[s].push_back(std::move(b));
   };
 
-  if (reducing) {
-    post_recvs(0);
-    if (steps > 1) post_recvs(1);
-  } else {
-    for (int s = 0; s < steps; ++s) post_recvs(s);
-  }
+  const size_t ahead = reducing ? std::min(kWindow, jobs.size()) : jobs.size();
+  for (size_t k = 0; k < ahead; ++k) post_recv(k);
   for (size_t j = 0; j < segments(chunk_sent(0)); ++j) post_send(0, j);
 
   for (int s = 0; s < steps; ++s) {
     const int c = chunk_received(s);
-    for (size_t j = 0; j < segments(c); ++j) {
-      recvs[s][j]->wait_recv(from_left);
+    for (size_t k = first_job[s]; k < first_job[s + 1]; ++k) {
+      const size_t j = jobs[k].seg;
+      recvs[k]->wait_recv(from_left);
       if (reducing) {
-        p.reduce(p.data + (layout.offset[c] + j * seg) * elem,
-                 temp[s % 2].data() + j * seg * elem, seg_len(c, j));
+        p.reduce(p.data + (layout.offset[c] + j * seg) * elem, window + (k % kWindow) * seg * elem,
+                 seg_len(c, j));
+        recvs[k].reset();
+        if (k + kWindow < jobs.size()) post_recv(k + kWindow);
+      } else {
+        recvs[k].reset();
       }
-      // Chunk received in step s is the chunk sent in step s+1: forward this segment now.
+      // The chunk received in step s is the chunk sent in step s+1: forward this segment now.
       if (s + 1 < steps) post_send(s + 1, j);
     }
-    recvs[s].clear();
-    if (reducing && s + 2 < steps) post_recvs(s + 2);
     for (auto& b : sends[s]) b->wait_send(to_right);
     sends[s].clear();
   }

@@ -4,6 +4,7 @@
 #include <gloo/transport/ibverbs/device.h>
 #include <gloo/transport/tcp/device.h>
 #include <gloo/transport/unbound_buffer.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -91,6 +92,13 @@ int Buffer::wait_recv(const WaitInfo& info) { return group_.wait(*this, true, in
 Group::Group(GroupOptions options) : options_(std::move(options)) {}
 
 std::shared_ptr<Group> Group::connect(const GroupOptions& options) {
+  // Gloo writes to sockets with writev, which raises SIGPIPE when a peer has died; the default
+  // action would kill this process before the error could be reported. Ignore it (once, and
+  // only if nobody installed a handler), as every Gloo user must.
+  struct sigaction current {};
+  if (::sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
+    ::signal(SIGPIPE, SIG_IGN);
+  }
   auto env = detect_launch_env();
   int rank = options.rank.value_or(env ? env->rank : 0);
   int size = options.size.value_or(env ? env->size : 1);
@@ -248,6 +256,15 @@ void Group::reconnect(int new_rank, int new_size) {
   size_ = new_size;
   next_tag_ = 1;
   rendezvous();
+}
+
+std::byte* Group::scratch(size_t nbytes, int which) {
+  DT_ENFORCE(which >= 0 && which < kScratchAreas, "scratch area ", which, " does not exist");
+  if (scratch_size_[which] < nbytes) {
+    scratch_[which].reset(new std::byte[nbytes]);
+    scratch_size_[which] = nbytes;
+  }
+  return scratch_[which].get();
 }
 
 std::unique_ptr<Buffer> Group::buffer(void* ptr, size_t nbytes) {

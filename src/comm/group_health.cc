@@ -205,6 +205,7 @@ void Group::monitor_loop() {
         next = w->deadline;
       }
     }
+    monitor_wake_ = next.value_or(Clock::time_point::max());
     if (next) {
       monitor_cv_.wait_until(lock, *next);
     } else {
@@ -235,6 +236,7 @@ std::optional<std::vector<int>> Group::probe(int peer, Millis window) {
       {
         std::lock_guard<std::mutex> lock(mu_);
         waiters_.push_back(&waiter);
+        monitor_wake_ = std::min(monitor_wake_, deadline);
       }
       monitor_cv_.notify_all();
       bool ok = false;
@@ -297,12 +299,16 @@ std::string Group::diagnose(std::span<const int> peers, int* culprit) {
 int Group::wait(Buffer& buf, bool is_recv, const WaitInfo& info) {
   Waiter waiter{buf.impl_.get(), is_recv, info.deadline,
                 std::vector<int>(info.peers.begin(), info.peers.end())};
+  bool wake_monitor = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (failure_) std::rethrow_exception(failure_);
     waiters_.push_back(&waiter);
+    // Most waits of an operation share its deadline: wake the monitor only for an earlier one.
+    wake_monitor = info.deadline < monitor_wake_;
+    if (wake_monitor) monitor_wake_ = info.deadline;
   }
-  monitor_cv_.notify_all();
+  if (wake_monitor) monitor_cv_.notify_all();
   // Stays registered until we return: while it diagnoses a timeout this rank still answers
   // probes with the ranks it is blocked on.
   struct Unregister {

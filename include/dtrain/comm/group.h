@@ -137,6 +137,12 @@ class Group : public std::enable_shared_from_this<Group> {
   // Register memory for raw (unframed) transfers, used by collectives once sizes are agreed.
   std::unique_ptr<Buffer> buffer(void* ptr, size_t nbytes);
 
+  // Scratch memory owned by the group and reused across calls (grow-only, not zeroed), so a large
+  // collective does not pay for fresh pages every time. `which` picks one of kScratchAreas.
+  // Like all collective state, for use by one thread at a time.
+  static constexpr int kScratchAreas = 4;
+  std::byte* scratch(size_t nbytes, int which = 0);
+
   // Fail on purpose: poison the group, notify peers, throw. `culprit` is a rank or -1.
   enum class FailKind : int32_t { kIo = 1, kTimeout = 2, kProtocol = 3 };
   [[noreturn]] void fail(FailKind kind, int culprit, const std::string& message);
@@ -179,6 +185,8 @@ class Group : public std::enable_shared_from_this<Group> {
   uint64_t generation_ = 0;
   uint64_t next_tag_ = 1;
   std::unique_ptr<Store> store_;
+  std::unique_ptr<std::byte[]> scratch_[kScratchAreas];
+  size_t scratch_size_[kScratchAreas] = {};
   std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<gloo::Context> context_;
 
@@ -186,6 +194,7 @@ class Group : public std::enable_shared_from_this<Group> {
   mutable std::mutex mu_;
   std::condition_variable monitor_cv_;
   std::condition_variable failure_cv_;
+  Clock::time_point monitor_wake_ = Clock::time_point::max();  // when the monitor next looks
   uint64_t probe_counter_ = 0;
   // Buffers of probes and answers that may still be in flight; freed at teardown.
   std::vector<std::unique_ptr<Buffer>> graveyard_;

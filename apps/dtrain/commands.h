@@ -1,0 +1,12 @@
+// Subcommands of the dtrain CLI. Each registers its flags and a callback.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace dtrain::app {
+
+// `dtrain bench allreduce`: our ring vs Gloo's ring (and MPI when built) on the same group.
+// `exit_code` receives the command's status (a failed local launch sets it non-zero).
+void add_bench_allreduce(CLI::App& bench, int argc, char** argv, int& exit_code);
+
+}  // namespace dtrain::app

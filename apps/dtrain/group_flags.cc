@@ -1,0 +1,48 @@
+#include "group_flags.h"
+
+#include <cstdlib>
+
+#include "dtrain/common/error.h"
+
+namespace dtrain::app {
+namespace {
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::string(v) : fallback;
+}
+}  // namespace
+
+void GroupFlags::add_to(CLI::App& app) {
+  app.add_option("--rendezvous", rendezvous,
+                 "Where ranks meet: file:///shared/dir or redis://host:port "
+                 "(default $DTRAIN_RENDEZVOUS)");
+  app.add_option("--rank", rank, "This process's rank (default: from the launcher's environment)");
+  app.add_option("--world-size", size, "Number of ranks (default: from the launcher's environment)");
+  app.add_option("--host", host, "Address to bind and advertise (default $DTRAIN_HOST, else hostname)");
+  app.add_option("--iface", iface, "Network interface to bind when --host is not given");
+  app.add_option("--transport", transport, "tcp or ibverbs")->check(CLI::IsMember({"tcp", "ibverbs"}));
+  app.add_option("--run-id", run_id, "Job id shared by all ranks (default $DTRAIN_RUN_ID, else the "
+                                     "launcher's job id)");
+  app.add_option("--timeout", timeout_s, "Seconds any wait may block before it fails naming the "
+                                         "silent ranks")
+      ->check(CLI::PositiveNumber);
+}
+
+comm::GroupOptions GroupFlags::resolve() const {
+  comm::GroupOptions o;
+  o.rendezvous = rendezvous.empty() ? env_or("DTRAIN_RENDEZVOUS", "") : rendezvous;
+  if (rank >= 0) o.rank = rank;
+  if (size >= 0 || rank >= 0) {
+    DT_ENFORCE(rank >= 0 && size >= 1, "--rank and --world-size go together (got --rank ", rank,
+               ", --world-size ", size, ")");
+    o.size = size;
+  }
+  o.host = host.empty() ? env_or("DTRAIN_HOST", "") : host;
+  o.iface = iface.empty() ? env_or("DTRAIN_IFACE", "") : iface;
+  o.transport = transport;
+  o.run_id = run_id;
+  o.timeout = comm::Millis(static_cast<int64_t>(timeout_s * 1000));
+  return o;
+}
+
+}  // namespace dtrain::app

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds, and runs every test.
+#   scripts/test.sh            set-up, release build + all tests, then the sanitizer build
+#                              (address,undefined) + the communication-layer tests
+#   scripts/test.sh --quick    set-up, release build + all tests only
+# Build trees: build/ and build-asan/ (reused when present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    *) echo "usage: scripts/test.sh [--quick]" >&2; exit 2 ;;
+  esac
+done
+
+jobs=$(nproc)
+scripts/setup.sh
+
+echo "== release build"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build -j "$jobs"
+echo "== tests"
+ctest --test-dir build --output-on-failure -j "$jobs" --timeout 600
+
+if [[ $quick -eq 0 ]]; then
+  echo "== sanitizer build (address,undefined)"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDTRAIN_SANITIZE=address,undefined \
+    -DDTRAIN_BUILD_BENCH=OFF
+  cmake --build build-asan -j "$jobs"
+  echo "== tests under address,undefined sanitizers"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -L core
+fi
+echo "== all tests passed"
