@@ -127,15 +127,26 @@ rate_bits_per_s() {
 
 rate_bps="$(rate_bits_per_s "$rate")" ||
   bad_usage "-r RATE must be a tc rate like 100mbit, 1gbit or 12.5mbps (got '$rate')"
-if ((rate_bps < 100000)); then
-  bad_usage "-r RATE must be at least 100kbit (got '$rate')"
+if ((rate_bps < 100000 || rate_bps > 100000000000)); then
+  bad_usage "-r RATE must be between 100kbit and 100gbit (got '$rate')"
 fi
 
-# tbf bucket size. veth carries GSO/TSO super-packets of up to 64 KiB, and a
-# bucket smaller than a few of those makes tbf either segment every skb or run
-# well below RATE. ~4 ms worth of RATE, but at least 256 KiB.
-burst_bytes="$(awk -v b="$rate_bps" 'BEGIN {
-  x = b / 8 / 250; if (x < 262144) x = 262144; printf "%.0f\n", x }')"
+# tbf sizes, in bytes. veth hands tbf GSO/TSO super-packets of up to ~64 KiB,
+# and a bucket of only a few MTUs (the usual rate/HZ rule of thumb) caps a
+# 1gbit link at about half its rate here (15 KB: ~520 Mbit/s, 32 KB: ~740).
+# So the bucket is ~4 ms worth of RATE but at least 128 KiB (two full GSO
+# packets); only below ~50mbit is it shrunk to 20 ms of RATE (floor 16 KiB),
+# since there a 128 KiB head start would visibly inflate short transfers
+# (1mbit with 128 KiB measured 1.2 Mbit/s on a 0.6 MB transfer).
+# The queue holds 50 ms of RATE but at least 256 KiB: with only `latency 50ms`
+# a 10mbit link dropped a quarter of its packets (TCP bursts overflow a 60 KB
+# queue), which makes results depend on retransmit timers.
+read -r burst_bytes limit_bytes < <(awk -v b="$rate_bps" 'BEGIN {
+  B = b / 8
+  low = B * 0.020; if (low < 16384) low = 16384; if (low > 131072) low = 131072
+  burst = B * 0.004; if (burst < low) burst = low
+  q = B * 0.050; if (q < 262144) q = 262144
+  printf "%.0f %.0f\n", burst, burst + q }')
 
 # ---------------------------------------------------------------- preflight
 if [[ "$(id -u)" -ne 0 ]]; then
@@ -218,7 +229,7 @@ kill_ranks() {
 
 # shellcheck disable=SC2317  # only reached via trap
 cleanup() {
-  local rc=$? ns pid i
+  local rc=$? ns pid
   ((cleaned)) && return 0
   cleaned=1
   set +e
@@ -231,9 +242,9 @@ cleanup() {
       kill -KILL "$pid" 2>/dev/null
     done
   done
-  for ((i = ${#created_ns[@]} - 1; i >= 0; i--)); do
-    ip netns del "${created_ns[$i]}" 2>/dev/null ||
-      printf '%s: warning: could not delete namespace %s\n' "$PROG" "${created_ns[$i]}" >&2
+  for ns in "${created_ns[@]}"; do
+    ip netns del "$ns" 2>/dev/null ||
+      printf '%s: warning: could not delete namespace %s\n' "$PROG" "$ns" >&2
   done
   if [[ -n "$rdzv_dir" && -d "$rdzv_dir" ]]; then
     rm -rf -- "$rdzv_dir"
@@ -261,34 +272,38 @@ trap 'on_signal INT' INT
 trap 'on_signal TERM' TERM
 
 # ---------------------------------------------------------------- topology
+# Offloads (TSO/GSO/GRO) are deliberately left on, as on a real NIC: tbf
+# shapes GSO packets correctly given the burst above, and turning them off
+# (ethtool -K) only burns the little CPU a 2-core box has.
+#
+# Record the name before creating it, so that a signal arriving while
+# `ip netns add` runs still gets it cleaned up; forget it if the add failed
+# (e.g. a concurrent run with the same prefix owns it).
+add_netns() {
+  created_ns+=("$1")
+  if ! ip netns add "$1"; then
+    unset 'created_ns[-1]'
+    die "could not create network namespace $1 (another run using prefix '$prefix'?)"
+  fi
+}
+
 tbf() { # tbf NAMESPACE DEV
-  tc -n "$1" qdisc add dev "$2" root tbf rate "$rate" burst "$burst_bytes" latency 50ms
+  tc -n "$1" qdisc add dev "$2" root tbf rate "$rate" burst "$burst_bytes" limit "$limit_bytes"
 }
 
-# Optional: turn off segmentation offloads so tbf sees wire-sized packets.
-# Not required (tbf handles GSO skbs given a big enough bucket), best effort.
-offloads_off() { # offloads_off NAMESPACE DEV
-  command -v ethtool >/dev/null 2>&1 || return 0
-  ip netns exec "$1" ethtool -K "$2" tso off gso off gro off >/dev/null 2>&1 || true
-}
-
-ip netns add "$br_ns"
-created_ns+=("$br_ns")
+add_netns "$br_ns"
 ip -n "$br_ns" link set lo up
 ip -n "$br_ns" link add br0 type bridge stp_state 0 forward_delay 0
 ip -n "$br_ns" link set br0 up
 
 for ((i = 0; i < hosts; i++)); do
   ns="${prefix}${i}"
-  ip netns add "$ns"
-  created_ns+=("$ns")
+  add_netns "$ns"
   # Both ends are born inside their namespaces: nothing touches the root ns.
   ip link add eth0 netns "$ns" type veth peer name "veth$i" netns "$br_ns"
   ip -n "$br_ns" link set "veth$i" master br0
   ip -n "$ns" link set lo up
   ip -n "$ns" addr add "${SUBNET_PREFIX}.$((i + 1))/24" dev eth0
-  offloads_off "$ns" eth0
-  offloads_off "$br_ns" "veth$i"
   tbf "$ns" eth0           # what host i sends
   tbf "$br_ns" "veth$i"    # what host i receives
   ip -n "$br_ns" link set "veth$i" up
@@ -325,90 +340,97 @@ for ((i = 0; i < hosts; i++)); do
 done
 
 # ---------------------------------------------------------------- wait
+# Poll rather than `wait -n`: bash drops a background job that died from a
+# signal from its job table, so `wait -n PID...` can no longer see it, while a
+# plain `wait PID` still returns its status once it is gone.
 rank_rc=()
 failed=()
+killed_by_us=()
 live=$hosts
-timer_pid=""
-timer_phase=""
 first_failed=""
+grace_announced=0
+phase=running # -> terminating (TERM sent to stragglers) -> killing (KILL sent)
+deadline=0
 
-while ((live > 0)); do
-  waitable=()
+while :; do
   for i in "${!rank_pids[@]}"; do
-    [[ "${rank_alive[$i]}" == 1 ]] && waitable+=("${rank_pids[$i]}")
+    [[ "${rank_alive[$i]}" == 1 ]] || continue
+    kill -0 "${rank_pids[$i]}" 2>/dev/null && continue
+    rc=0
+    wait "${rank_pids[$i]}" 2>/dev/null || rc=$?
+    rank_alive[i]=0
+    rank_rc[i]=$rc
+    live=$((live - 1))
+    if ((rc != 0)); then
+      any_failed=1
+      failed+=("$i")
+      if [[ -z "$first_failed" ]]; then
+        first_failed=$i
+        deadline=$((SECONDS + KILL_GRACE_S))
+      fi
+    fi
   done
-  [[ -n "$timer_pid" ]] && waitable+=("$timer_pid")
-  done_pid=""
-  rc=0
-  wait -n -p done_pid "${waitable[@]}" || rc=$?
-  if [[ -z "$done_pid" ]]; then
-    continue # interrupted by a signal whose trap returned; nothing reaped
+  ((live > 0)) || break
+  if [[ -n "$first_failed" && "$grace_announced" == 0 ]]; then
+    grace_announced=1
+    log "rank $first_failed exited with status ${rank_rc[$first_failed]}; giving the other ranks ${KILL_GRACE_S}s to finish"
   fi
-  if [[ "$done_pid" == "$timer_pid" ]]; then
-    timer_pid=""
+  if [[ -n "$first_failed" && "$phase" != killing ]] && ((SECONDS >= deadline)); then
     stragglers=()
     for i in "${!rank_pids[@]}"; do
       [[ "${rank_alive[$i]}" == 1 ]] && stragglers+=("$i")
     done
-    if [[ "$timer_phase" == grace ]]; then
+    if [[ "$phase" == running ]]; then
       log "rank(s) ${stragglers[*]} still running ${KILL_GRACE_S}s after rank $first_failed failed; killing them"
-      for i in "${stragglers[@]}"; do
-        signal_rank TERM "${rank_pids[$i]}"
-      done
-      timer_phase=term # KILL whatever ignores TERM for 3 s
-      sleep 3 &
-      timer_pid=$!
+      sig=TERM
+      phase=terminating
+      deadline=$((SECONDS + 3))
     else
-      for i in "${stragglers[@]}"; do
-        signal_rank KILL "${rank_pids[$i]}"
-      done
+      sig=KILL
+      phase=killing
     fi
-    continue
+    for i in "${stragglers[@]}"; do
+      signal_rank "$sig" "${rank_pids[$i]}"
+      killed_by_us[i]=1
+    done
   fi
-  for i in "${!rank_pids[@]}"; do
-    if [[ "${rank_pids[$i]}" == "$done_pid" ]]; then
-      rank_alive[i]=0
-      rank_rc[i]=$rc
-      live=$((live - 1))
-      if ((rc != 0)); then
-        any_failed=1
-        failed+=("$i")
-        if [[ -z "$first_failed" ]]; then
-          first_failed=$i
-          if ((live > 0)); then
-            log "rank $i exited with status $rc; giving the other ranks ${KILL_GRACE_S}s to finish"
-            timer_phase=grace
-            sleep "$KILL_GRACE_S" &
-            timer_pid=$!
-          fi
-        fi
-      fi
-      break
-    fi
-  done
+  sleep 0.2
 done
-if [[ -n "$timer_pid" ]]; then
-  kill "$timer_pid" 2>/dev/null || true
-  wait "$timer_pid" 2>/dev/null || true
-fi
 
 if ((${#failed[@]} == 0)); then
   log "all $hosts ranks exited 0"
   exit 0
 fi
 
+max_tails=8
 {
   printf '%s: %d of %d rank(s) failed:\n' "$PROG" "${#failed[@]}" "$hosts"
   for i in "${failed[@]}"; do
-    printf '  rank %d (%s): exit status %d\n' "$i" "${prefix}${i}" "${rank_rc[$i]}"
+    rc="${rank_rc[$i]}"
+    why=""
+    if ((rc > 128)) && sig="$(kill -l "$((rc - 128))" 2>/dev/null)"; then
+      why=" (SIG$sig)"
+    fi
+    if [[ "${killed_by_us[$i]:-0}" == 1 ]]; then
+      why+=", killed by $PROG after rank $first_failed failed"
+    fi
+    printf '  rank %d (%s): exit status %d%s\n' "$i" "${prefix}${i}" "$rc" "$why"
   done
+  shown=0
+  hidden=0
   for i in "${failed[@]}"; do
     if ((i == 0)); then
-      printf -- '--- rank 0: output went to the terminal above\n'
-    else
+      printf -- '--- rank 0: its output went to the terminal above\n'
+    elif ((shown < max_tails)); then
       printf -- '--- last 20 lines of %s\n' "$log_dir/rank-$i.log"
       tail -n 20 -- "$log_dir/rank-$i.log" 2>/dev/null || true
+      shown=$((shown + 1))
+    else
+      hidden=$((hidden + 1))
     fi
   done
+  if ((hidden > 0)); then
+    printf -- '--- (%d more failed rank logs in %s)\n' "$hidden" "$log_dir"
+  fi
 } >&2
 exit "${rank_rc[${failed[0]}]}"
