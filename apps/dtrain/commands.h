@@ -9,4 +9,7 @@ namespace dtrain::app {
 // `exit_code` receives the command's status (a failed local launch sets it non-zero).
 void add_bench_allreduce(CLI::App& bench, int argc, char** argv, int& exit_code);
 
+// `dtrain train` (built with LibTorch).
+void add_train(CLI::App& app, int argc, char** argv, int& exit_code);
+
 }  // namespace dtrain::app

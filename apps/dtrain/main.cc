@@ -12,6 +12,9 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   app.require_subcommand(1);
   app.set_version_flag("--version", "dtrain 0.1.0");
+#ifdef DTRAIN_WITH_TORCH
+  dtrain::app::add_train(app, argc, argv, exit_code);
+#endif
   auto* bench = app.add_subcommand("bench", "Measure collectives and compressors against baselines");
   bench->require_subcommand(1);
   dtrain::app::add_bench_allreduce(*bench, argc, argv, exit_code);

@@ -1,0 +1,106 @@
+// `dtrain train`: data-parallel training of a LibTorch model with a chosen reducer and schedule.
+// Without an external launcher it starts --workers local processes of itself.
+#include <algorithm>
+#include <cstdio>
+
+#include "dtrain/common/error.h"
+
+#include "commands.h"
+#include "dtrain/common/logging.h"
+#include "dtrain/engine/engine.h"
+#include "dtrain/reduce/reducer.h"
+#include "dtrain/torch/models.h"
+#include "dtrain/train/trainer.h"
+#include "group_flags.h"
+#include "launcher.h"
+
+namespace dtrain::app {
+namespace {
+
+std::string joined(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+}  // namespace
+
+void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
+  struct Flags {
+    GroupFlags group;
+    train::TrainOptions train;
+    int workers = 4;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd = app.add_subcommand("train", "Train a model data-parallel across worker processes");
+  f->group.add_to(*cmd);
+  auto& t = f->train;
+  cmd->add_option("--workers", f->workers,
+                  "Local worker processes to start when not launched externally")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  cmd->add_option("--model", t.model, "Model: " + joined(torchx::model_names()))
+      ->capture_default_str();
+  cmd->add_option("--hidden", t.hidden, "MLP hidden widths, e.g. 512,256")->delimiter(',');
+  cmd->add_option("--data", t.data_dir, "Fashion-MNIST directory (default: Debian's copy)");
+  cmd->add_option("--train-subset", t.train_subset, "Use only the first N training samples");
+  cmd->add_option("--test-subset", t.test_subset, "Use only the first N test samples");
+  cmd->add_option("--fields", t.fields, "embed: categorical fields per sample")->capture_default_str();
+  cmd->add_option("--vocab", t.vocab, "embed: embedding table rows")->capture_default_str();
+  cmd->add_option("--embed-dim", t.embed_dim, "embed: embedding width")->capture_default_str();
+  cmd->add_option("--epochs", t.epochs, "Epochs")->capture_default_str();
+  cmd->add_option("--batch-size", t.batch_size, "Samples per worker per step")->capture_default_str();
+  cmd->add_option("--lr", t.lr, "Learning rate")->capture_default_str();
+  cmd->add_option("--momentum", t.momentum, "Momentum (optimizer momentum)")->capture_default_str();
+  cmd->add_option("--optimizer", t.optimizer, "sgd, momentum or adam")->capture_default_str();
+  cmd->add_option("--seed", t.seed, "Seed for model initialisation and data order")
+      ->capture_default_str();
+  cmd->add_option("--max-steps", t.max_steps, "Stop after this many steps in total");
+  cmd->add_option("--reduce", t.reduce, "Gradient reducer: " + joined(reduce::reducer_names()))
+      ->capture_default_str();
+  cmd->add_option("--schedule", t.schedule, "Bucketing: single, wfbp or fused[:MB]")
+      ->capture_default_str();
+  cmd->add_option("--on-nonfinite", t.on_nonfinite, "NaN/Inf gradients: abort or skip the step")
+      ->capture_default_str();
+  cmd->add_option("--out", t.out_dir, "Run directory: config.json, metrics.jsonl, checkpoint.pt");
+  cmd->add_option("--checkpoint-every", t.checkpoint_every, "Checkpoint every N steps (0: at the end)");
+  cmd->add_option("--resume", t.resume, "Continue the run in this directory from its checkpoint");
+  cmd->add_option("--timeline", t.timeline, "Write a Chrome trace of every rank's phases here");
+  cmd->add_flag("--quiet", t.quiet, "No progress output");
+  cmd->add_option("--log-every", t.log_every, "Steps between metrics records")->capture_default_str();
+  cmd->add_option("--threads", t.threads, "LibTorch/OpenBLAS threads per worker")
+      ->capture_default_str();
+  cmd->callback([f, argc, argv, &exit_code] {
+    // Check names before starting processes, so a typo fails once and fast.
+    auto models = torchx::model_names();
+    if (std::find(models.begin(), models.end(), f->train.model) == models.end()) {
+      throw InvalidArgument("--model '" + f->train.model + "' is not one of " + joined(models));
+    }
+    engine::Schedule::parse(f->train.schedule);
+    engine::parse_on_nonfinite(f->train.on_nonfinite);
+    std::string reducer = f->train.reduce.substr(0, f->train.reduce.find(':'));
+    auto names = reduce::reducer_names();
+    if (std::find(names.begin(), names.end(), reducer) == names.end()) {
+      throw InvalidArgument("--reduce '" + f->train.reduce + "': unknown reducer '" + reducer +
+                            "' (valid: " + joined(names) + ")");
+    }
+    if (!running_as_rank() && f->group.rank < 0 && f->workers > 1) {
+      LaunchOptions lo;
+      lo.workers = f->workers;
+      exit_code = launch_local(lo, argc, argv);
+      return;
+    }
+    auto group = comm::Group::connect(f->group.resolve());
+    log::init(group->rank(), group->size());
+    auto result = train::train(f->train, *group);
+    if (group->rank() == 0 && !f->train.quiet) {
+      std::printf("done: %lld steps in %.1f s, %.0f samples/s, test accuracy %.2f%%, %.1f MB sent "
+                  "per rank, communication %.1f s of which %.1f s not hidden\n",
+                  (long long)result.steps, result.time_s, result.samples_per_s,
+                  result.test_accuracy * 100, result.bytes_sent / 1e6, result.comm_s,
+                  result.comm_wait_s);
+    }
+  });
+}
+
+}  // namespace dtrain::app

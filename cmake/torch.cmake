@@ -1,0 +1,47 @@
+# The LibTorch training layer: torch/, reduce/, engine/, train/ and `dtrain train`.
+# DTRAIN_WITH_TORCH: ON (required), OFF, or AUTO (built when LibTorch is found).
+
+# reduce/ and engine/ do not need LibTorch.
+target_sources(dtrain_core PRIVATE
+  src/reduce/reducer.cc
+  src/engine/engine.cc
+  src/engine/timeline.cc
+)
+target_link_libraries(dtrain_core PUBLIC nlohmann_json::nlohmann_json)
+
+if(NOT DTRAIN_WITH_TORCH STREQUAL "OFF")
+  if(DTRAIN_WITH_TORCH STREQUAL "ON")
+    find_package(Torch REQUIRED)
+  else()
+    find_package(Torch QUIET)
+  endif()
+endif()
+
+if(BUILD_TESTING)
+  dtrain_test(test_engine tests/test_engine.cc)
+endif()
+
+if(Torch_FOUND OR TORCH_FOUND)
+  message(STATUS "dtrain: building the LibTorch training layer (${TORCH_LIBRARIES})")
+  add_library(dtrain_torch STATIC
+    src/torch/models.cc
+    src/torch/bridge.cc
+    src/train/checkpoint.cc
+    src/train/metrics.cc
+    src/train/data_source.cc
+    src/train/trainer.cc
+  )
+  target_link_libraries(dtrain_torch PUBLIC dtrain_core ${TORCH_LIBRARIES} ${CMAKE_DL_LIBS})
+  target_compile_options(dtrain_torch PUBLIC -Wno-unused-parameter -Wno-sign-compare)
+  target_sources(dtrain_cli PRIVATE apps/dtrain/train_cmd.cc)
+  target_link_libraries(dtrain_cli PUBLIC dtrain_torch)
+  target_compile_definitions(dtrain_cli PUBLIC DTRAIN_WITH_TORCH=1)
+  if(BUILD_TESTING)
+    dtrain_test(test_train LABEL torch tests/test_train.cc)
+    target_link_libraries(test_train PRIVATE dtrain_cli)
+    target_compile_definitions(test_train PRIVATE DTRAIN_BINARY="$<TARGET_FILE:dtrain>")
+    add_dependencies(test_train dtrain)
+  endif()
+else()
+  message(STATUS "dtrain: LibTorch not found; `dtrain train` is not built")
+endif()

@@ -1,0 +1,166 @@
+#include "dtrain/train/checkpoint.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <mutex>
+#include <sstream>
+
+#include "dtrain/common/error.h"
+
+namespace dtrain::train {
+namespace {
+
+torch::Tensor bytes_tensor(const void* data, size_t n) {
+  auto t = torch::empty({static_cast<int64_t>(n)}, torch::kUInt8);
+  if (n > 0) std::memcpy(t.data_ptr(), data, n);
+  return t;
+}
+
+std::string tensor_string(const torch::Tensor& t) {
+  return std::string(static_cast<const char*>(t.data_ptr()), t.numel());
+}
+
+void write_atomically(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw IoError("checkpoint: cannot create " + tmp + ": " + std::strerror(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw IoError("checkpoint: write to " + tmp + " failed: " + std::strerror(err));
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    throw IoError("checkpoint: fsync of " + tmp + " failed: " + std::strerror(err));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    throw IoError("checkpoint: rename to " + path + " failed: " + std::strerror(err));
+  }
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+torch::serialize::InputArchive open_archive(const std::string& path) {
+  if (!std::filesystem::exists(path)) throw IoError("checkpoint " + path + " does not exist");
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(path);
+  } catch (const c10::Error& e) {
+    throw IoError("checkpoint " + path + " is not readable (corrupt or not a dtrain checkpoint): " +
+                  e.what_without_backtrace());
+  }
+  return archive;
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const CheckpointMeta& meta,
+                     torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                     const std::vector<std::byte>& reducer_state) {
+  nlohmann::json j = {{"step", meta.step},   {"epoch", meta.epoch},
+                      {"position", meta.position}, {"seed", meta.seed},
+                      {"world_size", meta.world_size}, {"model", meta.model},
+                      {"reduce", meta.reduce}, {"format", 1}};
+  const std::string js = j.dump();
+  torch::serialize::OutputArchive archive;
+  archive.write("meta", bytes_tensor(js.data(), js.size()));
+  torch::serialize::OutputArchive model_archive;
+  model.save(model_archive);
+  archive.write("model", model_archive);
+  torch::serialize::OutputArchive optim_archive;
+  optimizer.save(optim_archive);
+  archive.write("optimizer", optim_archive);
+  archive.write("reducer", bytes_tensor(reducer_state.data(), reducer_state.size()));
+  archive.write("rng", at::detail::getDefaultCPUGenerator().get_state());
+  std::ostringstream os;
+  archive.save_to(os);
+  write_atomically(path, os.str());
+}
+
+CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model,
+                               torch::optim::Optimizer& optimizer,
+                               std::vector<std::byte>* reducer_state) {
+  auto archive = open_archive(path);
+  CheckpointMeta meta;
+  try {
+    torch::Tensor js;
+    archive.read("meta", js);
+    auto j = nlohmann::json::parse(tensor_string(js));
+    meta.step = j.at("step");
+    meta.epoch = j.at("epoch");
+    meta.position = j.at("position");
+    meta.seed = j.at("seed");
+    meta.world_size = j.at("world_size");
+    meta.model = j.at("model");
+    meta.reduce = j.at("reduce");
+    torch::serialize::InputArchive model_archive;
+    archive.read("model", model_archive);
+    model.load(model_archive);
+    torch::serialize::InputArchive optim_archive;
+    archive.read("optimizer", optim_archive);
+    optimizer.load(optim_archive);
+    torch::Tensor red;
+    archive.read("reducer", red);
+    if (reducer_state) {
+      reducer_state->resize(red.numel());
+      if (red.numel() > 0) std::memcpy(reducer_state->data(), red.data_ptr(), red.numel());
+    }
+    torch::Tensor rng;
+    archive.read("rng", rng);
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(rng);
+  } catch (const c10::Error& e) {
+    throw InvalidArgument("checkpoint " + path + " does not fit this model (was it written with "
+                          "another --model or sizes?): " + e.what_without_backtrace());
+  } catch (const nlohmann::json::exception& e) {
+    throw IoError("checkpoint " + path + " has a corrupt header: " + e.what());
+  }
+  return meta;
+}
+
+namespace {
+// Module archives nest one sub-archive per submodule; collect every tensor, depth first.
+void collect_tensors(torch::serialize::InputArchive& archive, std::vector<torch::Tensor>& out) {
+  for (const auto& key : archive.keys()) {
+    torch::Tensor t;
+    if (archive.try_read(key, t)) {
+      out.push_back(t);
+      continue;
+    }
+    torch::serialize::InputArchive sub;
+    if (archive.try_read(key, sub)) collect_tensors(sub, out);
+  }
+}
+}  // namespace
+
+std::vector<torch::Tensor> load_checkpoint_parameters(const std::string& path) {
+  auto archive = open_archive(path);
+  torch::serialize::InputArchive model_archive;
+  archive.read("model", model_archive);
+  std::vector<torch::Tensor> out;
+  collect_tensors(model_archive, out);
+  return out;
+}
+
+}  // namespace dtrain::train

@@ -1,0 +1,152 @@
+// The gradient engine without LibTorch: bucket plans, in-order reduction across ranks while
+// gradients arrive, zero-filled unused parameters, non-finite handling.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "dtrain/common/error.h"
+#include "dtrain/engine/engine.h"
+#include "harness.h"
+
+namespace dtrain::test {
+namespace {
+
+using engine::GradientEngine;
+using engine::ParamInfo;
+using engine::Schedule;
+
+std::vector<ParamInfo> params_of(std::vector<size_t> sizes) {
+  std::vector<ParamInfo> out;
+  for (size_t i = 0; i < sizes.size(); ++i) out.push_back({"p" + std::to_string(i), sizes[i]});
+  return out;
+}
+
+TEST(Schedule, Parse) {
+  EXPECT_EQ(Schedule::parse("single").kind, Schedule::Kind::kSingle);
+  EXPECT_EQ(Schedule::parse("wfbp").kind, Schedule::Kind::kWfbp);
+  EXPECT_EQ(Schedule::parse("fused").fused_mb, 25);
+  EXPECT_EQ(Schedule::parse("fused:4.5").fused_mb, 4.5);
+  for (const char* bad : {"fused:", "fused:x", "fused:-1", "fused:0", "ring", ""}) {
+    EXPECT_THROW(Schedule::parse(bad), InvalidArgument) << bad;
+  }
+  EXPECT_THROW(engine::parse_on_nonfinite("ignore"), InvalidArgument);
+}
+
+TEST(Schedule, FusedBucketsFirstSmallThenCapped) {
+  // 6 params of 0.5 MB each, readiness order 5..0: first bucket 1 MB, then 2 MB buckets.
+  auto params = params_of(std::vector<size_t>(6, 131072));
+  Schedule s = Schedule::parse("fused:2");
+  auto plan = engine::plan_buckets(params, {5, 4, 3, 2, 1, 0}, s);
+  ASSERT_EQ(plan.size(), 2u);
+  EXPECT_EQ(plan[0], (std::vector<size_t>{5, 4}));
+  EXPECT_EQ(plan[1], (std::vector<size_t>{3, 2, 1, 0}));
+  EXPECT_EQ(engine::plan_buckets(params, {5, 4, 3, 2, 1, 0}, Schedule::parse("wfbp")).size(), 6u);
+  EXPECT_EQ(engine::plan_buckets(params, {5, 4, 3, 2, 1, 0}, Schedule::parse("single")).size(), 1u);
+  // A parameter larger than the cap gets a bucket of its own.
+  auto big = params_of({10, 1 << 20, 10});
+  auto plan2 = engine::plan_buckets(big, {2, 1, 0}, Schedule::parse("fused:1"));
+  EXPECT_EQ(plan2.size(), 3u);
+}
+
+class EngineRanks : public ::testing::TestWithParam<std::tuple<int, std::string>> {};
+
+TEST_P(EngineRanks, AveragesEveryParameterInOrder) {
+  const auto [n, schedule] = GetParam();
+  const std::vector<size_t> sizes = {7, 300000, 1, 5000, 40000};
+  spawn(n, [&, n = n, schedule = schedule](comm::Group& g) {
+    GradientEngine eng(params_of(sizes), Schedule::parse(schedule),
+                       reduce::make_reducer("dense", g), engine::OnNonFinite::kAbort, nullptr);
+    for (int64_t step = 0; step < 3; ++step) {
+      eng.begin_step(step);
+      // Gradients arrive in reverse order, as backprop produces them; parameter 2 gets none.
+      for (size_t i = sizes.size(); i-- > 0;) {
+        if (i == 2) continue;
+        std::vector<float> grad(sizes[i]);
+        for (size_t k = 0; k < grad.size(); ++k) grad[k] = float(g.rank() * 8 + (k % 5) + i + step);
+        eng.on_gradient(i, grad);
+      }
+      ASSERT_TRUE(eng.finish());
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        auto r = eng.reduced(i);
+        ASSERT_EQ(r.size(), sizes[i]);
+        for (size_t k = 0; k < r.size(); k += 997) {
+          float want = i == 2 ? 0.0f : float(8.0 * (n - 1) / 2.0 + (k % 5) + i + step);
+          ASSERT_NEAR(r[k], want, 1e-4) << "param " << i << " element " << k;
+        }
+      }
+    }
+    if (n == 1) {
+      EXPECT_EQ(eng.reducer().bytes_sent(), 0u);  // nothing to send
+    } else {
+      EXPECT_GT(eng.reducer().bytes_sent(), 0u);
+    }
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(RanksAndSchedules, EngineRanks,
+                         ::testing::Combine(::testing::Values(1, 2, 3),
+                                            ::testing::Values("single", "wfbp", "fused:0.5")),
+                         [](const auto& info) {
+                           std::string s = std::get<1>(info.param);
+                           for (char& c : s) {
+                             if (!isalnum(c)) c = '_';
+                           }
+                           return "n" + std::to_string(std::get<0>(info.param)) + "_" + s;
+                         });
+
+TEST(Engine, NonFiniteAbortsNamingParametersOrSkips) {
+  spawn(2, [](comm::Group& g) {
+    for (auto policy : {engine::OnNonFinite::kAbort, engine::OnNonFinite::kSkip}) {
+      GradientEngine eng(params_of({4, 4}), Schedule::parse("wfbp"),
+                         reduce::make_reducer("dense", g), policy, nullptr);
+      eng.begin_step(0);
+      std::vector<float> ok(4, 1.0f), bad(4, 1.0f);
+      if (g.rank() == 1) bad[2] = std::nanf("");  // only one rank sees the NaN
+      eng.on_gradient(1, ok);
+      eng.on_gradient(0, bad);
+      if (policy == engine::OnNonFinite::kSkip) {
+        EXPECT_FALSE(eng.finish());
+        EXPECT_EQ(eng.stats().skipped_steps, 1u);
+        // The next step is fine again.
+        eng.begin_step(1);
+        eng.on_gradient(1, ok);
+        eng.on_gradient(0, ok);
+        EXPECT_TRUE(eng.finish());
+      } else {
+        try {
+          eng.finish();
+          FAIL() << "no error for a NaN gradient";
+        } catch (const Error& e) {
+          EXPECT_NE(std::string(e.what()).find("p0"), std::string::npos) << e.what();
+          EXPECT_NE(std::string(e.what()).find("step 0"), std::string::npos) << e.what();
+        }
+      }
+    }
+  });
+}
+
+TEST(Engine, BadGradientSizeIsNamed) {
+  spawn(1, [](comm::Group& g) {
+    GradientEngine eng(params_of({4}), Schedule::parse("single"), reduce::make_reducer("dense", g),
+                       engine::OnNonFinite::kAbort, nullptr);
+    eng.begin_step(0);
+    std::vector<float> wrong(5);
+    EXPECT_THROW(eng.on_gradient(0, wrong), InvalidArgument);
+    EXPECT_THROW(eng.on_gradient(3, wrong), InvalidArgument);
+  });
+}
+
+TEST(Reducer, UnknownNameListsValidOnes) {
+  spawn(1, [](comm::Group& g) {
+    try {
+      reduce::make_reducer("topk:0.01", g);
+      FAIL();
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("valid: dense"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(reduce::make_reducer("dense:1", g), InvalidArgument);
+  });
+}
+
+}  // namespace
+}  // namespace dtrain::test

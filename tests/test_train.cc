@@ -1,0 +1,271 @@
+// The LibTorch training layer: gradients equal a single-process computation for every schedule,
+// short convergence runs, exact resume, a killed worker, bad input.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fcntl.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include "dtrain/common/error.h"
+#include "dtrain/engine/engine.h"
+#include "dtrain/torch/bridge.h"
+#include "dtrain/torch/models.h"
+#include "dtrain/train/checkpoint.h"
+#include "dtrain/train/trainer.h"
+#include "harness.h"
+
+namespace dtrain::test {
+namespace {
+
+namespace fs = std::filesystem;
+std::mutex g_torch_seed_mu;  // torch's default generator is process-wide; ranks are threads here
+
+torch::Tensor batch_x(int rank, int64_t rows) {
+  auto gen = torch::arange(rows * 20, torch::kFloat).reshape({rows, 20});
+  return torch::sin(gen * 0.37 + rank * 1.3);
+}
+torch::Tensor batch_y(int rank, int64_t rows) {
+  return (torch::arange(rows, torch::kInt64) * 3 + rank) % 4;
+}
+
+std::shared_ptr<torchx::Net> small_mlp() {
+  std::lock_guard<std::mutex> lock(g_torch_seed_mu);
+  torch::manual_seed(7);
+  torchx::ModelSpec spec;
+  spec.name = "mlp";
+  spec.input_dim = 20;
+  spec.classes = 4;
+  spec.hidden = {32, 16};
+  return torchx::make_model(spec);
+}
+
+class EngineGradients : public ::testing::TestWithParam<std::tuple<int, std::string>> {};
+
+TEST_P(EngineGradients, EqualSingleProcessOnTheUnionOfBatches) {
+  const auto [n, schedule] = GetParam();
+  const int64_t rows = 6;
+  // Reference: one process, one model, all ranks' batches together.
+  auto ref = small_mlp();
+  std::vector<torch::Tensor> xs, ys;
+  for (int r = 0; r < n; ++r) {
+    xs.push_back(batch_x(r, rows));
+    ys.push_back(batch_y(r, rows));
+  }
+  torch::nn::functional::cross_entropy(ref->forward(torch::cat(xs)), torch::cat(ys)).backward();
+  std::vector<torch::Tensor> want;
+  for (auto& p : ref->parameters()) want.push_back(p.grad().clone());
+
+  spawn(n, [&, schedule = schedule](comm::Group& g) {
+    auto model = small_mlp();
+    engine::GradientEngine eng(torchx::param_infos(*model), engine::Schedule::parse(schedule),
+                               reduce::make_reducer("dense", g), engine::OnNonFinite::kAbort,
+                               nullptr);
+    torchx::attach_hooks(*model, eng);
+    for (int step = 0; step < 2; ++step) {  // twice: hooks and buckets are reusable
+      model->zero_grad();
+      eng.begin_step(step);
+      torch::nn::functional::cross_entropy(model->forward(batch_x(g.rank(), rows)),
+                                           batch_y(g.rank(), rows))
+          .backward();
+      ASSERT_TRUE(eng.finish());
+      torchx::write_back(*model, eng);
+      auto params = model->parameters();
+      for (size_t i = 0; i < params.size(); ++i) {
+        EXPECT_TRUE(torch::allclose(params[i].grad(), want[i], 1e-5, 1e-6))
+            << "parameter " << i << " on rank " << g.rank() << " (" << schedule << ")";
+      }
+    }
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Schedules, EngineGradients,
+                         ::testing::Combine(::testing::Values(1, 2, 3),
+                                            ::testing::Values("single", "wfbp", "fused:0.001")),
+                         [](const auto& info) {
+                           std::string s = std::get<1>(info.param);
+                           for (char& c : s) {
+                             if (!isalnum(c)) c = '_';
+                           }
+                           return "n" + std::to_string(std::get<0>(info.param)) + "_" + s;
+                         });
+
+train::TrainOptions small_run(const std::string& model) {
+  train::TrainOptions o;
+  o.model = model;
+  o.hidden = {128, 64};
+  o.train_subset = 6000;
+  o.test_subset = 2000;
+  o.epochs = 1;
+  o.batch_size = 32;
+  o.lr = 0.05;
+  o.quiet = true;
+  return o;
+}
+
+std::vector<train::TrainResult> train_on_threads(int n, const train::TrainOptions& o) {
+  std::vector<train::TrainResult> results(n);
+  spawn(n, [&](comm::Group& g) { results[g.rank()] = train::train(o, g); });
+  return results;
+}
+
+TEST(Convergence, LogisticRegressionOnFashionMnistSubset) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
+  auto r = train_on_threads(2, small_run("logreg"));
+  EXPECT_GE(r[0].test_accuracy, 0.70) << "logreg, 2 workers, 1 epoch of 6000 samples";
+  EXPECT_EQ(r[0].test_accuracy, r[1].test_accuracy);  // the same model on every rank
+  EXPECT_GT(r[0].bytes_sent, 0u);
+}
+
+TEST(Convergence, MlpOnFashionMnistSubset) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
+  auto o = small_run("mlp");
+  o.epochs = 2;
+  auto r = train_on_threads(2, o);
+  EXPECT_GE(r[0].test_accuracy, 0.75) << "mlp, 2 workers, 2 epochs of 6000 samples";
+}
+
+TEST(Convergence, EmbedOnSyntheticClickThroughData) {
+  train::TrainOptions o;
+  o.model = "embed";
+  o.vocab = 5000;
+  o.fields = 8;
+  o.synthetic_train = 20000;
+  o.synthetic_test = 4000;
+  o.epochs = 2;
+  o.batch_size = 64;
+  o.lr = 0.1;
+  o.quiet = true;
+  auto r = train_on_threads(2, o);
+  EXPECT_GE(r[0].test_accuracy, 0.70) << "embed on a learnable synthetic ground truth";
+}
+
+TEST(Resume, InterruptedAndResumedEqualsUninterrupted) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
+  TempDir dir;
+  auto o = small_run("mlp");
+  o.train_subset = 2000;  // 31 steps per epoch with 2 workers x 32: the run crosses an epoch
+  o.epochs = 3;
+  o.out_dir = dir.path() + "/whole";
+  o.max_steps = 40;
+  train_on_threads(2, o);
+
+  o.out_dir = dir.path() + "/parts";
+  o.max_steps = 20;
+  train_on_threads(2, o);
+  o.out_dir.clear();
+  o.resume = dir.path() + "/parts";
+  o.max_steps = 40;
+  train_on_threads(2, o);
+
+  auto whole = train::load_checkpoint_parameters(dir.path() + "/whole/checkpoint.pt");
+  auto parts = train::load_checkpoint_parameters(dir.path() + "/parts/checkpoint.pt");
+  ASSERT_EQ(whole.size(), parts.size());
+  ASSERT_FALSE(whole.empty());
+  for (size_t i = 0; i < whole.size(); ++i) {
+    EXPECT_TRUE(torch::equal(whole[i], parts[i]))
+        << "parameter " << i << " differs by up to "
+        << (whole[i] - parts[i]).abs().max().item<double>();
+  }
+  // Both wrote metrics and config.
+  EXPECT_TRUE(fs::exists(dir.path() + "/parts/metrics.jsonl"));
+  EXPECT_TRUE(fs::exists(dir.path() + "/whole/config.json"));
+}
+
+TEST(BadInput, NamesTheFlagAndTheChoices) {
+  auto expect_invalid = [](train::TrainOptions o, const std::string& needle) {
+    try {
+      spawn(1, [&](comm::Group& g) { train::train(o, g); });
+      FAIL() << "no error for " << needle;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  auto o = small_run("mlp");
+  o.model = "resnet";
+  expect_invalid(o, "logreg, mlp, cnn, embed");
+  o = small_run("mlp");
+  o.reduce = "zip";
+  expect_invalid(o, "valid: dense");
+  o = small_run("mlp");
+  o.schedule = "bucketed";
+  expect_invalid(o, "single, wfbp, fused");
+  o = small_run("mlp");
+  o.epochs = 0;
+  expect_invalid(o, "--epochs");
+  o = small_run("mlp");
+  o.lr = -1;
+  expect_invalid(o, "--lr");
+  o = small_run("mlp");
+  o.data_dir = "/nonexistent/fmnist";
+  expect_invalid(o, "dataset-fashion-mnist");
+}
+
+TEST(BadInput, ResumeFromMissingCheckpoint) {
+  auto o = small_run("logreg");
+  o.resume = "/nonexistent/run";
+  EXPECT_THROW(spawn(1, [&](comm::Group& g) { train::train(o, g); }), IoError);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI as a user runs it: a killed worker makes `dtrain train` fail, naming it, and leaves
+// the last checkpoint intact.
+
+pid_t child_with_rank(pid_t parent, int rank) {
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string comm, state;
+    int pid = 0, ppid = 0;
+    stat >> pid >> comm >> state >> ppid;
+    if (ppid != parent) continue;
+    std::ifstream env(entry.path() / "environ");
+    std::string all((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
+    if (all.find("DTRAIN_RANK=" + std::to_string(rank) + '\0') != std::string::npos) return pid;
+  }
+  return -1;
+}
+
+TEST(Cli, KilledWorkerFailsTheJobNamingIt) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
+  TempDir dir;
+  const std::string out = dir.path() + "/run";
+  const std::string log = dir.path() + "/log.txt";
+  pid_t launcher = ::fork();
+  if (launcher == 0) {
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    ::execl(DTRAIN_BINARY, DTRAIN_BINARY, "train", "--workers", "3", "--epochs", "50",
+            "--train-subset", "6000", "--test-subset", "500", "--out", out.c_str(),
+            "--checkpoint-every", "5", "--timeout", "20", "--quiet", nullptr);
+    ::_exit(127);
+  }
+  auto start = std::chrono::steady_clock::now();
+  while (!fs::exists(out + "/checkpoint.pt") && std::chrono::steady_clock::now() - start < std::chrono::seconds(120)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(fs::exists(out + "/checkpoint.pt")) << "no checkpoint appeared";
+  pid_t victim = child_with_rank(launcher, 1);
+  ASSERT_GT(victim, 0) << "rank 1 not found";
+  ::kill(victim, SIGKILL);
+  int status = 0;
+  ::waitpid(launcher, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << "dtrain train did not fail";
+  std::ifstream in(log);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("rank 1"), std::string::npos) << text;
+  // The last checkpoint is whole and loadable.
+  auto params = train::load_checkpoint_parameters(out + "/checkpoint.pt");
+  EXPECT_FALSE(params.empty());
+}
+
+}  // namespace
+}  // namespace dtrain::test
