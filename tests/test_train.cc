@@ -104,6 +104,7 @@ train::TrainOptions small_run(const std::string& model) {
   o.test_subset = 2000;
   o.epochs = 1;
   o.batch_size = 32;
+  o.optimizer = "momentum";
   o.lr = 0.05;
   o.quiet = true;
   return o;
@@ -140,6 +141,7 @@ TEST(Convergence, EmbedOnSyntheticClickThroughData) {
   o.synthetic_test = 4000;
   o.epochs = 2;
   o.batch_size = 64;
+  o.optimizer = "momentum";
   o.lr = 0.1;
   o.quiet = true;
   auto r = train_on_threads(2, o);

@@ -26,9 +26,9 @@ struct TrainOptions {
   // Optimisation
   int epochs = 2;
   int batch_size = 64;             // per worker
-  double lr = 0.05;
-  double momentum = 0.9;
-  std::string optimizer = "momentum";  // sgd | momentum | adam
+  double lr = 0.001;
+  double momentum = 0.9;               // for optimizer "momentum"
+  std::string optimizer = "adam";      // sgd | momentum | adam
   uint64_t seed = 1;
   int64_t max_steps = -1;          // stop after this many steps in total (tests, quick looks)
   // Communication
