@@ -12,6 +12,9 @@
 
 #include "commands.h"
 #include "dtrain/collective/collective.h"
+#ifdef DTRAIN_WITH_MPI
+#include "dtrain/collective/mpi_baseline.h"
+#endif
 #include "dtrain/common/error.h"
 #include "dtrain/common/logging.h"
 #include "group_flags.h"
