@@ -95,9 +95,11 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
     auto result = train::train(f->train, *group);
     if (group->rank() == 0 && !f->train.quiet) {
       std::printf("done: %lld steps in %.1f s, %.0f samples/s, test accuracy %.2f%%, %.1f MB sent "
-                  "per rank; communication busy %.1f s, training waited %.1f s for it\n",
+                  "per rank; communication busy %.1f s (%.0f%% hidden behind backprop), training waited "
+                  "%.1f s for it\n",
                   (long long)result.steps, result.time_s, result.samples_per_s,
                   result.test_accuracy * 100, result.bytes_sent / 1e6, result.comm_s,
+                  result.comm_s > 0 ? 100.0 * result.comm_hidden_s / result.comm_s : 0.0,
                   result.comm_wait_s);
     }
   });

@@ -116,6 +116,7 @@ GradientEngine::~GradientEngine() {
 void GradientEngine::begin_step(int64_t step) {
   std::lock_guard<std::mutex> lock(mu_);
   step_ = step;
+  step_start_ = std::chrono::steady_clock::now();
   next_ = 0;
   done_count_ = 0;
   in_step_ = true;
@@ -157,6 +158,13 @@ bool GradientEngine::finish() {
   }
   cv_.wait(lock, [&] { return done_count_ == buckets_.size() || error_ != nullptr; });
   in_step_ = false;
+  // Communication hidden behind backprop: the part of each bucket's reduction that ran before
+  // backprop ended (finish() is called when it ends).
+  for (const auto& b : buckets_) {
+    auto from = std::max(b.comm_start, step_start_);
+    auto to = std::min(b.comm_end, t0);
+    if (to > from) stats_.hidden_s += std::chrono::duration<double>(to - from).count();
+  }
   stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (error_) std::rethrow_exception(error_);
   for (size_t i = 0; i < buckets_.size(); ++i) {
@@ -211,6 +219,8 @@ void GradientEngine::comm_loop() {
     lock.lock();
     stats_.comm_s += std::chrono::duration<double>(t1 - t0).count();
     b.nonfinite = nonfinite;
+    b.comm_start = t0;
+    b.comm_end = t1;
     b.done = true;
     ++done_count_;
     if (failure && !error_) error_ = failure;

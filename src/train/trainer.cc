@@ -310,7 +310,8 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
                    {"bytes_recv", eng.reducer().bytes_received()},
                    {"phase_s", {{"data", phase[0]}, {"forward", phase[1]}, {"backward", phase[2]},
                                 {"comm_wait", phase[3]}, {"optimizer", phase[4]},
-                                {"comm", eng.stats().comm_s}}}});
+                                {"comm", eng.stats().comm_s},
+                                {"comm_hidden", eng.stats().hidden_s}}}});
     progress.epoch_done(detail::concat(
         "epoch ", epoch + 1, "/", o.epochs, ": train loss ", train_loss, ", test accuracy ",
         acc * 100, "%, ", epoch_s, " s, ", eng.reducer().bytes_sent() / 1e6, " MB sent/rank"));
@@ -334,11 +335,13 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
   result.bytes_received = eng.reducer().bytes_received();
   result.comm_s = eng.stats().comm_s;
   result.comm_wait_s = phase[3];
+  result.comm_hidden_s = eng.stats().hidden_s;
   result.skipped_steps = eng.stats().skipped_steps;
   metrics.write({{"kind", "final"}, {"time_s", result.time_s}, {"steps", step},
                  {"test_accuracy", result.test_accuracy}, {"samples_per_s", result.samples_per_s},
                  {"bytes_sent", result.bytes_sent}, {"bytes_recv", result.bytes_received},
                  {"comm_s", result.comm_s}, {"comm_wait_s", result.comm_wait_s},
+                 {"comm_hidden_s", result.comm_hidden_s},
                  {"skipped_steps", result.skipped_steps}});
   if (!o.timeline.empty()) write_timeline(timeline, o.timeline, g);
   return result;

@@ -8,6 +8,7 @@
 // sees averaged gradients; communication of early buckets overlaps the rest of backprop.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -48,6 +49,7 @@ std::vector<std::vector<size_t>> plan_buckets(const std::vector<ParamInfo>& para
 struct EngineStats {
   double comm_s = 0;       // time the communication thread spent reducing
   double wait_s = 0;       // time finish() blocked (communication not hidden)
+  double hidden_s = 0;     // communication that ran while backprop was still running
   uint64_t skipped_steps = 0;
 };
 
@@ -84,6 +86,7 @@ class GradientEngine {
     bool ready = false;
     bool done = false;
     bool nonfinite = false;
+    std::chrono::steady_clock::time_point comm_start, comm_end;
   };
   void comm_loop();
   void mark_ready(size_t bucket);  // with mu_ held
@@ -101,6 +104,7 @@ class GradientEngine {
   std::mutex mu_;
   std::condition_variable cv_;
   int64_t step_ = -1;
+  std::chrono::steady_clock::time_point step_start_;  // backprop begins right after begin_step
   size_t next_ = 0;         // next bucket index the comm thread reduces
   size_t done_count_ = 0;
   bool in_step_ = false;

@@ -55,7 +55,8 @@ struct TrainResult {
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
   double comm_s = 0;        // communication-thread busy time, summed over steps
-  double comm_wait_s = 0;   // of which not hidden behind backprop
+  double comm_wait_s = 0;   // time the training thread waited for it after backprop
+  double comm_hidden_s = 0; // communication that overlapped backprop
   uint64_t skipped_steps = 0;
 };
 
