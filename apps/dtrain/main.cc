@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "dtrain/common/error.h"
 #include "dtrain/common/logging.h"
+#include "report.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"dtrain: communication-efficient distributed training"};
@@ -15,6 +16,7 @@ int main(int argc, char** argv) {
 #ifdef DTRAIN_WITH_TORCH
   dtrain::app::add_train(app, argc, argv, exit_code);
 #endif
+  dtrain::app::add_report(app, exit_code);
   auto* bench = app.add_subcommand("bench", "Measure collectives and compressors against baselines");
   bench->require_subcommand(1);
   dtrain::app::add_bench_allreduce(*bench, argc, argv, exit_code);

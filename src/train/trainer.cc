@@ -244,6 +244,9 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
     auto shard = data::shard_indices(n_train, g.rank(), world, o.seed, epoch);
     auto index = torch::from_blob(shard.data(), {int64_t(shard.size())}, torch::kInt64).clone();
     const auto t_epoch = Clock::now();
+    // phase_s records are per epoch (a report sums them over epochs).
+    std::fill(std::begin(phase), std::end(phase), 0.0);
+    const double comm_before = eng.stats().comm_s, hidden_before = eng.stats().hidden_s;
     const int64_t first = epoch == start.epoch ? start.position : 0;
     for (int64_t s = first; s < steps_per_epoch; ++s) {
       if (o.max_steps >= 0 && step >= o.max_steps) {
@@ -310,8 +313,8 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
                    {"bytes_recv", eng.reducer().bytes_received()},
                    {"phase_s", {{"data", phase[0]}, {"forward", phase[1]}, {"backward", phase[2]},
                                 {"comm_wait", phase[3]}, {"optimizer", phase[4]},
-                                {"comm", eng.stats().comm_s},
-                                {"comm_hidden", eng.stats().hidden_s}}}});
+                                {"comm", eng.stats().comm_s - comm_before},
+                                {"comm_hidden", eng.stats().hidden_s - hidden_before}}}});
     progress.epoch_done(detail::concat(
         "epoch ", epoch + 1, "/", o.epochs, ": train loss ", train_loss, ", test accuracy ",
         acc * 100, "%, ", epoch_s, " s, ", eng.reducer().bytes_sent() / 1e6, " MB sent/rank"));
@@ -334,7 +337,7 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
   result.bytes_sent = eng.reducer().bytes_sent();
   result.bytes_received = eng.reducer().bytes_received();
   result.comm_s = eng.stats().comm_s;
-  result.comm_wait_s = phase[3];
+  result.comm_wait_s = eng.stats().wait_s;
   result.comm_hidden_s = eng.stats().hidden_s;
   result.skipped_steps = eng.stats().skipped_steps;
   metrics.write({{"kind", "final"}, {"time_s", result.time_s}, {"steps", step},

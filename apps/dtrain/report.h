@@ -1,0 +1,76 @@
+// `dtrain report DIR [DIR...]`: reads the run directories the trainer leaves (config.json and
+// metrics.jsonl), prints one comparison table and draws the comparison plots with gnuplot.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dtrain::app {
+
+struct ReportOptions {
+  std::vector<std::string> runs;
+  std::string out_dir;  // empty: "<first run>/report"
+  bool plots = true;
+};
+
+// One row of the table. Figures come from the "final" record, or from the last "epoch" record of a
+// run that has none (interrupted). Missing config strings are "-", a missing worker count is 0.
+struct RunSummary {
+  std::string dir, name, model, reduce, schedule;
+  int workers = 0;
+  double final_accuracy = 0;  // fraction, 0..1
+  double time_s = 0;
+  double bytes_sent = 0;  // by rank 0
+  double samples_per_s = 0;
+  int epochs = 0;  // epoch records present
+};
+
+// Records of metrics.jsonl. Numbers a record leaves out (or writes as null) are NaN.
+struct StepRecord {
+  double time_s, loss;
+};
+
+struct EpochRecord {
+  int epoch;
+  double time_s, train_loss, test_loss, test_accuracy, samples_per_s, bytes_sent;
+  std::map<std::string, double> phase_s;  // data, forward, backward, comm_wait, optimizer, ...
+};
+
+struct FinalRecord {
+  double time_s, test_accuracy, samples_per_s, bytes_sent;
+};
+
+struct RunData {
+  RunSummary summary;
+  std::vector<StepRecord> steps;
+  std::vector<EpochRecord> epochs;  // at least one
+  std::optional<FinalRecord> final;
+};
+
+// Parses and validates one run directory. Throws IoError naming a missing directory or file,
+// InvalidArgument naming file:line of a malformed record, or the directory when it has no epoch
+// record.
+RunData load_run(const std::string& dir);
+
+std::vector<RunSummary> load_runs(const std::vector<std::string>& dirs);
+
+// Aligned text table, one row per run, with each run's time as a ratio to the first run's.
+std::string format_table(const std::vector<RunSummary>& runs);
+
+// Writes plots.gp, its .dat files and loss_vs_time, accuracy_vs_bytes and phase_time as .png and
+// .svg into out_dir (created if needed) by running gnuplot. Returns the paths written, images
+// first. Throws IoError when gnuplot is missing or fails.
+std::vector<std::string> write_plots(const std::vector<std::string>& dirs,
+                                     const std::string& out_dir);
+
+// What the subcommand does once parsed: prints the table and, with plots, the files written.
+void run_report(const ReportOptions& options);
+
+// Registers `report`: positional DIRs (existing, 1 or more), --out DIR, --no-plots.
+void add_report(CLI::App& app, int& exit_code);
+
+}  // namespace dtrain::app
