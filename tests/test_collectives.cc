@@ -38,9 +38,15 @@ T reference(ReduceOp op, int n, size_t i) {
     T v = fill<T>(r, i);
     switch (op) {
       case ReduceOp::kSum:
-      case ReduceOp::kAvg: acc += v; break;
-      case ReduceOp::kMin: acc = std::min(acc, v); break;
-      case ReduceOp::kMax: acc = std::max(acc, v); break;
+      case ReduceOp::kAvg:
+        acc += v;
+        break;
+      case ReduceOp::kMin:
+        acc = std::min(acc, v);
+        break;
+      case ReduceOp::kMax:
+        acc = std::max(acc, v);
+        break;
     }
   }
   if (op == ReduceOp::kAvg) acc /= static_cast<T>(n);
@@ -254,11 +260,14 @@ TEST_P(Collectives, Broadcast) {
         o.root = root;
         o.segment_bytes = 64 << 10;
         collective::broadcast(o);
-        check_gathered(data, [&] {
-          std::vector<size_t> c(n, 0);
-          c[root] = count;
-          return c;
-        }(), detail::concat("broadcast from ", root));
+        check_gathered(
+            data,
+            [&] {
+              std::vector<size_t> c(n, 0);
+              c[root] = count;
+              return c;
+            }(),
+            detail::concat("broadcast from ", root));
         if (count > 0 && root > 0) {
           EXPECT_EQ(data[0], fill<double>(root, 0));
         }

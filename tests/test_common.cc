@@ -43,9 +43,10 @@ class EnvGuard {
   ~EnvGuard() {
     for (auto* name : kAll) ::unsetenv(name);
   }
-  static constexpr const char* kAll[] = {"DTRAIN_RANK", "DTRAIN_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
-                                         "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE",
-                                         "SLURM_PROCID", "SLURM_NTASKS", "DTRAIN_RUN_ID"};
+  static constexpr const char* kAll[] = {
+      "DTRAIN_RANK",          "DTRAIN_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
+      "OMPI_COMM_WORLD_SIZE", "PMI_RANK",          "PMI_SIZE",
+      "SLURM_PROCID",         "SLURM_NTASKS",      "DTRAIN_RUN_ID"};
 };
 
 TEST(LaunchEnv, PrecedenceAndErrors) {
@@ -54,14 +55,17 @@ TEST(LaunchEnv, PrecedenceAndErrors) {
     EXPECT_FALSE(comm::detect_launch_env());
   }
   {
-    EnvGuard g({{"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "8"}, {"PMI_RANK", "1"}, {"PMI_SIZE", "2"}});
+    EnvGuard g(
+        {{"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "8"}, {"PMI_RANK", "1"}, {"PMI_SIZE", "2"}});
     auto e = comm::detect_launch_env();
     ASSERT_TRUE(e);
     EXPECT_EQ(e->rank, 1);  // PMI before SLURM
     EXPECT_EQ(e->size, 2);
   }
   {
-    EnvGuard g({{"DTRAIN_RANK", "2"}, {"DTRAIN_WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_RANK", "0"},
+    EnvGuard g({{"DTRAIN_RANK", "2"},
+                {"DTRAIN_WORLD_SIZE", "4"},
+                {"OMPI_COMM_WORLD_RANK", "0"},
                 {"OMPI_COMM_WORLD_SIZE", "9"}});
     auto e = comm::detect_launch_env();
     EXPECT_EQ(e->rank, 2);

@@ -137,7 +137,8 @@ std::vector<Outcome> run_fault(int size, int victim, int sig, comm::Millis timeo
   ::kill(children[victim].pid, SIGKILL);
   ::waitpid(children[victim].pid, nullptr, 0);
   for (int r = 0; r < size; ++r) {
-    if (r != victim) std::printf("rank %d: %s: %s\n", r, outcomes[r].kind.c_str(), outcomes[r].message.c_str());
+    if (r != victim)
+      std::printf("rank %d: %s: %s\n", r, outcomes[r].kind.c_str(), outcomes[r].message.c_str());
   }
   ::close(children[victim].fd);
   return outcomes;

@@ -72,16 +72,17 @@ TEST(Group, RecvIntoWrongSizeIsProtocolErrorAndGroupStaysUsable) {
   spawn(2, [&](comm::Group& g) {
     uint64_t tag = g.next_tag();
     if (g.rank() == 0) {
-      g.send(1, tag, pattern(64, 1));   // larger than expected
-      g.send(1, tag, pattern(16, 2));   // smaller than expected
-      g.send(1, tag, pattern(32, 3));   // as expected
+      g.send(1, tag, pattern(64, 1));  // larger than expected
+      g.send(1, tag, pattern(16, 2));  // smaller than expected
+      g.send(1, tag, pattern(32, 3));  // as expected
     } else {
       std::vector<std::byte> buf(32);
       try {
         g.recv_into(0, tag, buf);
         FAIL() << "no error for a 64-byte message into 32 bytes";
       } catch (const ProtocolError& e) {
-        EXPECT_NE(std::string(e.what()).find("rank 0 sent 64 bytes, expected 32"), std::string::npos)
+        EXPECT_NE(std::string(e.what()).find("rank 0 sent 64 bytes, expected 32"),
+                  std::string::npos)
             << e.what();
       }
       EXPECT_THROW(g.recv_into(0, tag, buf), ProtocolError);

@@ -251,7 +251,8 @@ TEST(Cli, KilledWorkerFailsTheJobNamingIt) {
     ::_exit(127);
   }
   auto start = std::chrono::steady_clock::now();
-  while (!fs::exists(out + "/checkpoint.pt") && std::chrono::steady_clock::now() - start < std::chrono::seconds(120)) {
+  while (!fs::exists(out + "/checkpoint.pt") &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(120)) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ASSERT_TRUE(fs::exists(out + "/checkpoint.pt")) << "no checkpoint appeared";

@@ -45,9 +45,12 @@ size_t parse_size(const std::string& s) {
   }
   std::string unit = s.substr(pos);
   double mult = 1;
-  if (unit == "K" || unit == "KiB") mult = 1 << 10;
-  else if (unit == "M" || unit == "MiB") mult = 1 << 20;
-  else if (unit == "G" || unit == "GiB") mult = double(1 << 30);
+  if (unit == "K" || unit == "KiB")
+    mult = 1 << 10;
+  else if (unit == "M" || unit == "MiB")
+    mult = 1 << 20;
+  else if (unit == "G" || unit == "GiB")
+    mult = double(1 << 30);
   else if (!unit.empty() && unit != "B") {
     throw InvalidArgument("--sizes: unit of '" + s + "' is not one of B, K, M, G");
   }
@@ -100,10 +103,12 @@ void run_rank(const BenchFlags& f) {
   const int n = g.size();
   nlohmann::json results = nlohmann::json::array();
   if (g.rank() == 0) {
-    std::printf("allreduce float32, %d ranks, %d iterations (+%d warm-up), algorithms interleaved; "
-                "times are the slowest rank's\n", n, f.iters, f.warmup);
-    std::printf("%-8s %-6s %10s %10s %10s %10s %10s %9s%s\n", "size", "algo", "min ms",
-                "median ms", "p99 ms", "algbw GB/s", "busbw GB/s", "vs gloo",
+    std::printf(
+        "allreduce float32, %d ranks, %d iterations (+%d warm-up), algorithms interleaved; "
+        "times are the slowest rank's\n",
+        n, f.iters, f.warmup);
+    std::printf("%-8s %-6s %10s %10s %10s %10s %10s %9s%s\n", "size", "algo", "min ms", "median ms",
+                "p99 ms", "algbw GB/s", "busbw GB/s", "vs gloo",
                 f.link_gbps > 0 ? "  of bound" : "");
   }
   for (size_t bytes : sizes) {
@@ -121,8 +126,8 @@ void run_rank(const BenchFlags& f) {
         float want = float(n * (i % 13) + n * (n - 1) / 2);
         if (data[i] != want) {
           throw Error(detail::concat("bench: ", f.algos[a], " allreduce of ", count,
-                                     " floats is wrong at element ", i, " on rank ", g.rank(),
-                                     ": ", data[i], " != ", want));
+                                     " floats is wrong at element ", i, " on rank ", g.rank(), ": ",
+                                     data[i], " != ", want));
         }
       }
     }
@@ -160,9 +165,14 @@ void run_rank(const BenchFlags& f) {
                   name.c_str(), mn * 1e3, med * 1e3, p99 * 1e3, algbw, busbw, vsbuf);
       if (bound > 0) std::printf("  %7.1f%%", 100.0 * bound / med);
       std::printf("\n");
-      results.push_back({{"size_bytes", bytes}, {"algo", name}, {"ranks", n},
-                         {"min_s", mn}, {"median_s", med}, {"p99_s", p99},
-                         {"algbw_GBps", algbw}, {"busbw_GBps", busbw},
+      results.push_back({{"size_bytes", bytes},
+                         {"algo", name},
+                         {"ranks", n},
+                         {"min_s", mn},
+                         {"median_s", med},
+                         {"p99_s", p99},
+                         {"algbw_GBps", algbw},
+                         {"busbw_GBps", busbw},
                          {"ratio_to_gloo", gloo_median > 0 ? med / gloo_median : 0.0},
                          {"fraction_of_link_bound", bound > 0 ? bound / med : 0.0}});
     }

@@ -17,14 +17,19 @@ void GroupFlags::add_to(CLI::App& app) {
                  "Where ranks meet: file:///shared/dir or redis://host:port "
                  "(default $DTRAIN_RENDEZVOUS)");
   app.add_option("--rank", rank, "This process's rank (default: from the launcher's environment)");
-  app.add_option("--world-size", size, "Number of ranks (default: from the launcher's environment)");
-  app.add_option("--host", host, "Address to bind and advertise (default $DTRAIN_HOST, else hostname)");
+  app.add_option("--world-size", size,
+                 "Number of ranks (default: from the launcher's environment)");
+  app.add_option("--host", host,
+                 "Address to bind and advertise (default $DTRAIN_HOST, else hostname)");
   app.add_option("--iface", iface, "Network interface to bind when --host is not given");
-  app.add_option("--transport", transport, "tcp or ibverbs")->check(CLI::IsMember({"tcp", "ibverbs"}));
-  app.add_option("--run-id", run_id, "Job id shared by all ranks (default $DTRAIN_RUN_ID, else the "
-                                     "launcher's job id)");
-  app.add_option("--timeout", timeout_s, "Seconds any wait may block before it fails naming the "
-                                         "silent ranks")
+  app.add_option("--transport", transport, "tcp or ibverbs")
+      ->check(CLI::IsMember({"tcp", "ibverbs"}));
+  app.add_option("--run-id", run_id,
+                 "Job id shared by all ranks (default $DTRAIN_RUN_ID, else the "
+                 "launcher's job id)");
+  app.add_option("--timeout", timeout_s,
+                 "Seconds any wait may block before it fails naming the "
+                 "silent ranks")
       ->check(CLI::PositiveNumber);
 }
 

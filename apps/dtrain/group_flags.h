@@ -11,8 +11,8 @@ struct GroupFlags {
   std::string rendezvous;  // default: $DTRAIN_RENDEZVOUS
   int rank = -1;           // default: launcher environment
   int size = -1;
-  std::string host;        // default: $DTRAIN_HOST
-  std::string iface;       // default: $DTRAIN_IFACE
+  std::string host;   // default: $DTRAIN_HOST
+  std::string iface;  // default: $DTRAIN_IFACE
   std::string transport = "tcp";
   std::string run_id;
   double timeout_s = 60;

@@ -20,20 +20,24 @@ namespace dtrain::app {
 namespace {
 
 volatile sig_atomic_t g_interrupted = 0;
-void on_signal(int sig) { g_interrupted = sig; }
+void on_signal(int sig) {
+  g_interrupted = sig;
+}
 
 std::string describe_status(int status) {
   if (WIFEXITED(status)) return detail::concat("exited with status ", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) {
-    return detail::concat("was killed by signal ", WTERMSIG(status), " (", strsignal(WTERMSIG(status)),
-                          ")");
+    return detail::concat("was killed by signal ", WTERMSIG(status), " (",
+                          strsignal(WTERMSIG(status)), ")");
   }
   return "ended abnormally";
 }
 
 }  // namespace
 
-bool running_as_rank() { return comm::detect_launch_env().has_value(); }
+bool running_as_rank() {
+  return comm::detect_launch_env().has_value();
+}
 
 int launch_local(const LaunchOptions& options, int argc, char** argv) {
   DT_ENFORCE(options.workers >= 1, "--workers must be >= 1, got ", options.workers);

@@ -17,7 +17,8 @@ int main(int argc, char** argv) {
   dtrain::app::add_train(app, argc, argv, exit_code);
 #endif
   dtrain::app::add_report(app, exit_code);
-  auto* bench = app.add_subcommand("bench", "Measure collectives and compressors against baselines");
+  auto* bench =
+      app.add_subcommand("bench", "Measure collectives and compressors against baselines");
   bench->require_subcommand(1);
   dtrain::app::add_bench_allreduce(*bench, argc, argv, exit_code);
   try {

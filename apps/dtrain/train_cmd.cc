@@ -45,11 +45,13 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
   cmd->add_option("--data", t.data_dir, "Fashion-MNIST directory (default: Debian's copy)");
   cmd->add_option("--train-subset", t.train_subset, "Use only the first N training samples");
   cmd->add_option("--test-subset", t.test_subset, "Use only the first N test samples");
-  cmd->add_option("--fields", t.fields, "embed: categorical fields per sample")->capture_default_str();
+  cmd->add_option("--fields", t.fields, "embed: categorical fields per sample")
+      ->capture_default_str();
   cmd->add_option("--vocab", t.vocab, "embed: embedding table rows")->capture_default_str();
   cmd->add_option("--embed-dim", t.embed_dim, "embed: embedding width")->capture_default_str();
   cmd->add_option("--epochs", t.epochs, "Epochs")->capture_default_str();
-  cmd->add_option("--batch-size", t.batch_size, "Samples per worker per step")->capture_default_str();
+  cmd->add_option("--batch-size", t.batch_size, "Samples per worker per step")
+      ->capture_default_str();
   cmd->add_option("--lr", t.lr, "Learning rate")->capture_default_str();
   cmd->add_option("--momentum", t.momentum, "Momentum (optimizer momentum)")->capture_default_str();
   cmd->add_option("--optimizer", t.optimizer, "sgd, momentum or adam")->capture_default_str();
@@ -63,11 +65,13 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
   cmd->add_option("--on-nonfinite", t.on_nonfinite, "NaN/Inf gradients: abort or skip the step")
       ->capture_default_str();
   cmd->add_option("--out", t.out_dir, "Run directory: config.json, metrics.jsonl, checkpoint.pt");
-  cmd->add_option("--checkpoint-every", t.checkpoint_every, "Checkpoint every N steps (0: at the end)");
+  cmd->add_option("--checkpoint-every", t.checkpoint_every,
+                  "Checkpoint every N steps (0: at the end)");
   cmd->add_option("--resume", t.resume, "Continue the run in this directory from its checkpoint");
   cmd->add_option("--timeline", t.timeline, "Write a Chrome trace of every rank's phases here");
   cmd->add_flag("--quiet", t.quiet, "No progress output");
-  cmd->add_option("--log-every", t.log_every, "Steps between metrics records")->capture_default_str();
+  cmd->add_option("--log-every", t.log_every, "Steps between metrics records")
+      ->capture_default_str();
   cmd->add_option("--threads", t.threads, "LibTorch/OpenBLAS threads per worker")
       ->capture_default_str();
   cmd->callback([f, argc, argv, &exit_code] {
@@ -94,13 +98,14 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
     log::init(group->rank(), group->size());
     auto result = train::train(f->train, *group);
     if (group->rank() == 0 && !f->train.quiet) {
-      std::printf("done: %lld steps in %.1f s, %.0f samples/s, test accuracy %.2f%%, %.1f MB sent "
-                  "per rank; communication busy %.1f s (%.0f%% hidden behind backprop), training waited "
-                  "%.1f s for it\n",
-                  (long long)result.steps, result.time_s, result.samples_per_s,
-                  result.test_accuracy * 100, result.bytes_sent / 1e6, result.comm_s,
-                  result.comm_s > 0 ? 100.0 * result.comm_hidden_s / result.comm_s : 0.0,
-                  result.comm_wait_s);
+      std::printf(
+          "done: %lld steps in %.1f s, %.0f samples/s, test accuracy %.2f%%, %.1f MB sent "
+          "per rank; communication busy %.1f s (%.0f%% hidden behind backprop), training waited "
+          "%.1f s for it\n",
+          (long long)result.steps, result.time_s, result.samples_per_s, result.test_accuracy * 100,
+          result.bytes_sent / 1e6, result.comm_s,
+          result.comm_s > 0 ? 100.0 * result.comm_hidden_s / result.comm_s : 0.0,
+          result.comm_wait_s);
     }
   });
 }

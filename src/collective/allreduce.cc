@@ -81,10 +81,10 @@ void reduce_scatter(const ReduceScatterOptions& o) {
   const uint64_t tag = o.tag ? o.tag : g.next_tag();
   const auto deadline = g.deadline(o.timeout);
   const ReduceFn fn = reduce_fn(o.output.dtype, o.op);
-  detail::handshake(g, tag, deadline,
-                    {detail::kReduceScatter, static_cast<uint32_t>(o.output.dtype),
-                     static_cast<uint32_t>(o.op), -1, o.input.count,
-                     detail::hash_counts(layout.count)});
+  detail::handshake(
+      g, tag, deadline,
+      {detail::kReduceScatter, static_cast<uint32_t>(o.output.dtype), static_cast<uint32_t>(o.op),
+       -1, o.input.count, detail::hash_counts(layout.count)});
   const size_t elem = element_size(o.output.dtype);
   std::byte* work = g.scratch(o.input.nbytes(), 1);
   if (o.input.count > 0) std::memcpy(work, o.input.data, o.input.nbytes());

@@ -27,9 +27,9 @@ void broadcast(const BroadcastOptions& o) {
   DT_ENFORCE(o.data.data != nullptr || o.data.count == 0, "broadcast: data is null");
   const uint64_t tag = o.tag ? o.tag : g.next_tag();
   const auto deadline = g.deadline(o.timeout);
-  detail::handshake(g, tag, deadline,
-                    {detail::kBroadcast, static_cast<uint32_t>(o.data.dtype), 0, o.root,
-                     o.data.count, 0});
+  detail::handshake(
+      g, tag, deadline,
+      {detail::kBroadcast, static_cast<uint32_t>(o.data.dtype), 0, o.root, o.data.count, 0});
   if (n == 1 || o.data.count == 0) return;
 
   const size_t total = o.data.nbytes();
@@ -49,7 +49,8 @@ void broadcast(const BroadcastOptions& o) {
   std::vector<std::unique_ptr<comm::Buffer>> bufs;
   for (size_t j = 0; j < nseg; ++j) bufs.push_back(g.buffer(o.data.bytes() + j * seg, len(j)));
   if (pos > 0) {
-    for (size_t j = 0; j < nseg; ++j) bufs[j]->recv(prev, comm::Group::slot(tag, sub(j)), 0, len(j));
+    for (size_t j = 0; j < nseg; ++j)
+      bufs[j]->recv(prev, comm::Group::slot(tag, sub(j)), 0, len(j));
   }
   const bool forwards = pos < n - 1;
   for (size_t j = 0; j < nseg; ++j) {

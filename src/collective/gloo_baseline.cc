@@ -17,9 +17,12 @@ using GlooFn = void (*)(void*, const void*, const void*, size_t);
 template <typename T>
 GlooFn gloo_fn(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kMin: return &gloo::min<T>;
-    case ReduceOp::kMax: return &gloo::max<T>;
-    default: return &gloo::sum<T>;
+    case ReduceOp::kMin:
+      return &gloo::min<T>;
+    case ReduceOp::kMax:
+      return &gloo::max<T>;
+    default:
+      return &gloo::sum<T>;
   }
 }
 
@@ -52,10 +55,18 @@ void gloo_allreduce(const AllreduceOptions& o) {
   }
   try {
     switch (o.output.dtype) {
-      case DataType::kFloat32: run<float>(o, tag); break;
-      case DataType::kFloat64: run<double>(o, tag); break;
-      case DataType::kInt32: run<int32_t>(o, tag); break;
-      case DataType::kInt64: run<int64_t>(o, tag); break;
+      case DataType::kFloat32:
+        run<float>(o, tag);
+        break;
+      case DataType::kFloat64:
+        run<double>(o, tag);
+        break;
+      case DataType::kInt32:
+        run<int32_t>(o, tag);
+        break;
+      case DataType::kInt64:
+        run<int64_t>(o, tag);
+        break;
     }
   } catch (const Error&) {
     throw;

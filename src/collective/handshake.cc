@@ -6,12 +6,18 @@ namespace dtrain::collective::detail {
 
 const char* kind_name(uint32_t kind) {
   switch (kind) {
-    case kAllreduce: return "allreduce";
-    case kReduceScatter: return "reduce_scatter";
-    case kAllgather: return "allgather";
-    case kAllgatherv: return "allgatherv";
-    case kBroadcast: return "broadcast";
-    default: return "unknown collective";
+    case kAllreduce:
+      return "allreduce";
+    case kReduceScatter:
+      return "reduce_scatter";
+    case kAllgather:
+      return "allgather";
+    case kAllgatherv:
+      return "allgatherv";
+    case kBroadcast:
+      return "broadcast";
+    default:
+      return "unknown collective";
   }
 }
 

@@ -1,7 +1,7 @@
 // Agreement check run at the start of a collective: each rank sends a small descriptor of the call
-// (kind, element type, reduction, counts, root) to its right neighbour and compares the one from its
-// left. Around the ring every rank is compared with another, so any disagreement is caught by at
-// least one rank, which fails the group with a ProtocolError naming both ranks and both calls;
+// (kind, element type, reduction, counts, root) to its right neighbour and compares the one from
+// its left. Around the ring every rank is compared with another, so any disagreement is caught by
+// at least one rank, which fails the group with a ProtocolError naming both ranks and both calls;
 // the control notice then stops everyone else. Without it a count mismatch would be a hang.
 #pragma once
 

@@ -14,19 +14,26 @@ namespace {
 
 MPI_Datatype mpi_type(DataType t) {
   switch (t) {
-    case DataType::kFloat32: return MPI_FLOAT;
-    case DataType::kFloat64: return MPI_DOUBLE;
-    case DataType::kInt32: return MPI_INT32_T;
-    case DataType::kInt64: return MPI_INT64_T;
+    case DataType::kFloat32:
+      return MPI_FLOAT;
+    case DataType::kFloat64:
+      return MPI_DOUBLE;
+    case DataType::kInt32:
+      return MPI_INT32_T;
+    case DataType::kInt64:
+      return MPI_INT64_T;
   }
   return MPI_DATATYPE_NULL;
 }
 
 MPI_Op mpi_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kMin: return MPI_MIN;
-    case ReduceOp::kMax: return MPI_MAX;
-    default: return MPI_SUM;
+    case ReduceOp::kMin:
+      return MPI_MIN;
+    case ReduceOp::kMax:
+      return MPI_MAX;
+    default:
+      return MPI_SUM;
   }
 }
 
@@ -53,8 +60,8 @@ void mpi_allreduce(const AllreduceOptions& o) {
              ", the group rank ", o.group->rank(), " of ", o.group->size());
   DT_ENFORCE(o.output.count <= static_cast<size_t>(std::numeric_limits<int>::max()),
              "mpi_allreduce: ", o.output.count, " elements exceed MPI's int count");
-  const void* in = o.input.data != nullptr && o.input.data != o.output.data ? o.input.data
-                                                                             : MPI_IN_PLACE;
+  const void* in =
+      o.input.data != nullptr && o.input.data != o.output.data ? o.input.data : MPI_IN_PLACE;
   int rc = MPI_Allreduce(in, o.output.data, static_cast<int>(o.output.count),
                          mpi_type(o.output.dtype), mpi_op(o.op), MPI_COMM_WORLD);
   if (rc != MPI_SUCCESS) throw IoError(detail::concat("MPI_Allreduce failed with code ", rc));

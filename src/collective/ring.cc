@@ -37,12 +37,16 @@ RingLayout RingLayout::from_counts(std::span<const size_t> counts) {
 }
 
 namespace {
-size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
-int mod(int a, int n) { return ((a % n) + n) % n; }
+size_t ceil_div(size_t a, size_t b) {
+  return (a + b - 1) / b;
+}
+int mod(int a, int n) {
+  return ((a % n) + n) % n;
+}
 }  // namespace
 
-size_t segment_elems_for(const RingLayout& layout, size_t elem_size, size_t segment_bytes,
-                         int n, int passes) {
+size_t segment_elems_for(const RingLayout& layout, size_t elem_size, size_t segment_bytes, int n,
+                         int passes) {
   if (segment_bytes == 0) segment_bytes = kDefaultSegmentBytes;
   size_t seg = std::max<size_t>(1, segment_bytes / elem_size);
   size_t max_chunk = layout.max_count();

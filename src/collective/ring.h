@@ -9,9 +9,10 @@
 // Each chunk is cut into segments, and the ring is pipelined segment by segment: as soon as
 // segment j of step s has arrived (and been reduced), segment j of step s+1, which is the same
 // piece of memory, is sent on, while later segments of step s are still on the wire. Receives are
-// posted ahead: a gathering pass posts all of them at once (each lands in its own place), a reducing
-// pass keeps two temporary chunk-sized areas and posts step s+2 into the one step s has just freed.
-// Every segment has its own sub-channel of the tag, so matching never depends on arrival order.
+// posted ahead: a gathering pass posts all of them at once (each lands in its own place), a
+// reducing pass keeps two temporary chunk-sized areas and posts step s+2 into the one step s has
+// just freed. Every segment has its own sub-channel of the tag, so matching never depends on
+// arrival order.
 #pragma once
 
 #include <cstdint>
@@ -46,8 +47,8 @@ struct RingPass {
 
 // Segment length (elements) for a layout: the requested bytes, raised if needed so that all
 // segments of `passes` passes fit in the tag's sub-channels.
-size_t segment_elems_for(const RingLayout& layout, size_t elem_size, size_t segment_bytes,
-                         int n, int passes);
+size_t segment_elems_for(const RingLayout& layout, size_t elem_size, size_t segment_bytes, int n,
+                         int passes);
 // Sub-channels one pass uses (the next pass starts after them).
 uint32_t subs_per_pass(const RingLayout& layout, size_t segment_elems, int n);
 

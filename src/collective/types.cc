@@ -20,20 +20,28 @@ size_t element_size(DataType t) {
 
 const char* name(DataType t) {
   switch (t) {
-    case DataType::kFloat32: return "float32";
-    case DataType::kFloat64: return "float64";
-    case DataType::kInt32: return "int32";
-    case DataType::kInt64: return "int64";
+    case DataType::kFloat32:
+      return "float32";
+    case DataType::kFloat64:
+      return "float64";
+    case DataType::kInt32:
+      return "int32";
+    case DataType::kInt64:
+      return "int64";
   }
   return "unknown";
 }
 
 const char* name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return "sum";
-    case ReduceOp::kAvg: return "avg";
-    case ReduceOp::kMin: return "min";
-    case ReduceOp::kMax: return "max";
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kAvg:
+      return "avg";
+    case ReduceOp::kMin:
+      return "min";
+    case ReduceOp::kMax:
+      return "max";
   }
   return "unknown";
 }
@@ -80,9 +88,12 @@ template <typename T>
 ReduceFn pick(ReduceOp op) {
   switch (op) {
     case ReduceOp::kSum:
-    case ReduceOp::kAvg: return &sum<T>;
-    case ReduceOp::kMin: return &min<T>;
-    case ReduceOp::kMax: return &max<T>;
+    case ReduceOp::kAvg:
+      return &sum<T>;
+    case ReduceOp::kMin:
+      return &min<T>;
+    case ReduceOp::kMax:
+      return &max<T>;
   }
   DT_THROW(InvalidArgument, "unknown reduction ", static_cast<uint32_t>(op));
 }
@@ -102,20 +113,28 @@ void scale(void* data, size_t n, int divisor) {
 
 ReduceFn reduce_fn(DataType t, ReduceOp op) {
   switch (t) {
-    case DataType::kFloat32: return pick<float>(op);
-    case DataType::kFloat64: return pick<double>(op);
-    case DataType::kInt32: return pick<int32_t>(op);
-    case DataType::kInt64: return pick<int64_t>(op);
+    case DataType::kFloat32:
+      return pick<float>(op);
+    case DataType::kFloat64:
+      return pick<double>(op);
+    case DataType::kInt32:
+      return pick<int32_t>(op);
+    case DataType::kInt64:
+      return pick<int64_t>(op);
   }
   DT_THROW(InvalidArgument, "unknown data type ", static_cast<uint32_t>(t));
 }
 
 void scale_down(void* data, size_t n, DataType t, int divisor) {
   switch (t) {
-    case DataType::kFloat32: return scale<float>(data, n, divisor);
-    case DataType::kFloat64: return scale<double>(data, n, divisor);
-    case DataType::kInt32: return scale<int32_t>(data, n, divisor);
-    case DataType::kInt64: return scale<int64_t>(data, n, divisor);
+    case DataType::kFloat32:
+      return scale<float>(data, n, divisor);
+    case DataType::kFloat64:
+      return scale<double>(data, n, divisor);
+    case DataType::kInt32:
+      return scale<int32_t>(data, n, divisor);
+    case DataType::kInt64:
+      return scale<int64_t>(data, n, divisor);
   }
 }
 

@@ -24,8 +24,9 @@ class FileStore : public Store {
     struct stat st {};
     if (::stat(dir_.c_str(), &st) != 0) {
       if (::mkdir(dir_.c_str(), 0777) != 0 && errno != EEXIST) {
-        throw IoError(detail::concat("rendezvous directory ", dir_,
-                                     " does not exist and cannot be created: ", std::strerror(errno)));
+        throw IoError(
+            detail::concat("rendezvous directory ", dir_,
+                           " does not exist and cannot be created: ", std::strerror(errno)));
       }
     } else if (!S_ISDIR(st.st_mode)) {
       throw InvalidArgument(detail::concat("rendezvous path ", dir_, " is not a directory"));

@@ -50,8 +50,12 @@ class RecordingStore : public Store {
 Buffer::Buffer(Group& group, std::unique_ptr<gloo::transport::UnboundBuffer> impl)
     : group_(group), impl_(std::move(impl)) {}
 Buffer::~Buffer() = default;
-void* Buffer::data() const { return impl_->ptr; }
-size_t Buffer::size() const { return impl_->size; }
+void* Buffer::data() const {
+  return impl_->ptr;
+}
+size_t Buffer::size() const {
+  return impl_->size;
+}
 
 void Buffer::send(int dst, uint64_t slot, size_t offset, size_t nbytes) {
   try {
@@ -83,8 +87,12 @@ void Buffer::recv_any(const std::vector<int>& srcs, uint64_t slot, size_t offset
   }
 }
 
-int Buffer::wait_send(const WaitInfo& info) { return group_.wait(*this, false, info); }
-int Buffer::wait_recv(const WaitInfo& info) { return group_.wait(*this, true, info); }
+int Buffer::wait_send(const WaitInfo& info) {
+  return group_.wait(*this, false, info);
+}
+int Buffer::wait_recv(const WaitInfo& info) {
+  return group_.wait(*this, true, info);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Group: connect, teardown
@@ -122,7 +130,9 @@ std::shared_ptr<Group> Group::connect(const GroupOptions& options) {
   return group;
 }
 
-Group::~Group() { teardown(); }
+Group::~Group() {
+  teardown();
+}
 
 void Group::rendezvous() {
   if (size_ == 1) return;
@@ -188,8 +198,8 @@ void Group::rendezvous() {
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    throw IoError(detail::concat(where, ": connecting rank ", rank_, " to its peers failed: ",
-                                 e.what()));
+    throw IoError(
+        detail::concat(where, ": connecting rank ", rank_, " to its peers failed: ", e.what()));
   }
   context_ = ctx;
 
@@ -239,12 +249,14 @@ void Group::teardown() {
   context_.reset();
 }
 
-void Group::reconnect() { reconnect(rank_, size_); }
+void Group::reconnect() {
+  reconnect(rank_, size_);
+}
 
 void Group::reconnect(int new_rank, int new_size) {
   DT_ENFORCE(new_size >= 1, "reconnect: world size must be >= 1, got ", new_size);
-  DT_ENFORCE(new_rank >= 0 && new_rank < new_size, "reconnect: rank ", new_rank,
-             " is outside 0..", new_size - 1);
+  DT_ENFORCE(new_rank >= 0 && new_rank < new_size, "reconnect: rank ", new_rank, " is outside 0..",
+             new_size - 1);
   teardown();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -312,8 +324,9 @@ Message Group::recv_framed(const std::vector<int>& srcs, uint64_t tag, Millis ti
   msg.src = hb->wait_recv(info);
   if (header.magic != internal::kFrameMagic || header.length > internal::kMaxFrameBytes) {
     fail(FailKind::kProtocol, msg.src,
-         detail::concat(op, " (tag ", tag, ") on rank ", rank_, ": malformed frame header from rank ",
-                        msg.src, " (magic ", header.magic, ", length ", header.length, ")"));
+         detail::concat(op, " (tag ", tag, ") on rank ", rank_,
+                        ": malformed frame header from rank ", msg.src, " (magic ", header.magic,
+                        ", length ", header.length, ")"));
   }
   int from[1] = {msg.src};
   info.peers = from;

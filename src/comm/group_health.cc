@@ -54,7 +54,9 @@ using internal::rank_list;
 namespace {
 // How long a probed rank has to answer, and how long a broken connection waits for a peer's
 // notice that may explain it (the notice travels just ahead of the connection's close).
-Millis probe_window(Millis timeout) { return std::clamp(timeout / 4, Millis(200), Millis(2000)); }
+Millis probe_window(Millis timeout) {
+  return std::clamp(timeout / 4, Millis(200), Millis(2000));
+}
 constexpr Millis kNoticeGrace{300};
 }  // namespace
 
@@ -292,8 +294,9 @@ std::string Group::diagnose(std::span<const int> peers, int* culprit) {
     frontier = std::move(next);
   }
   *culprit = -1;
-  return detail::concat(trail, "the ranks wait on each other (operations issued in different "
-                               "orders?)");
+  return detail::concat(trail,
+                        "the ranks wait on each other (operations issued in different "
+                        "orders?)");
 }
 
 int Group::wait(Buffer& buf, bool is_recv, const WaitInfo& info) {

@@ -35,12 +35,12 @@ constexpr size_t kControlSize = 512;
 struct ControlMsg {
   enum Type : int32_t { kFailure = 1, kPing = 2, kPong = 3 };
   int32_t type = 0;
-  int32_t kind = 0;     // kFailure: Group::FailKind
-  int32_t culprit = -1; // kFailure: the rank blamed, or -1
-  int32_t count = 0;    // kPong: entries of waiting_on used
-  uint64_t nonce = 0;   // kPing/kPong
+  int32_t kind = 0;      // kFailure: Group::FailKind
+  int32_t culprit = -1;  // kFailure: the rank blamed, or -1
+  int32_t count = 0;     // kPong: entries of waiting_on used
+  uint64_t nonce = 0;    // kPing/kPong
   union {
-    char message[kControlSize - 24];            // kFailure
+    char message[kControlSize - 24];              // kFailure
     int32_t waiting_on[(kControlSize - 24) / 4];  // kPong: ranks this rank is blocked on
   };
   ControlMsg() : message{} {}

@@ -14,14 +14,16 @@ namespace {
 class RedisStore : public Store {
  public:
   RedisStore(std::string host, int port) : host_(std::move(host)), port_(port) {
-    struct timeval tv {5, 0};
+    struct timeval tv {
+      5, 0
+    };
     ctx_ = redisConnectWithTimeout(host_.c_str(), port_, tv);
     if (ctx_ == nullptr || ctx_->err) {
       std::string why = ctx_ ? ctx_->errstr : "out of memory";
       if (ctx_) redisFree(ctx_);
       ctx_ = nullptr;
-      throw IoError(detail::concat("rendezvous: cannot connect to Redis at ", host_, ":", port_,
-                                   ": ", why));
+      throw IoError(
+          detail::concat("rendezvous: cannot connect to Redis at ", host_, ":", port_, ": ", why));
     }
   }
   ~RedisStore() override {

@@ -11,15 +11,17 @@ namespace dtrain::comm {
 RendezvousUrl RendezvousUrl::parse(const std::string& url) {
   RendezvousUrl out;
   auto fail = [&](const std::string& why) -> RendezvousUrl {
-    throw InvalidArgument(detail::concat("--rendezvous '", url, "': ", why,
-                                         " (expected file:///absolute/dir or redis://host[:port])"));
+    throw InvalidArgument(
+        detail::concat("--rendezvous '", url, "': ", why,
+                       " (expected file:///absolute/dir or redis://host[:port])"));
   };
   const std::string file_scheme = "file://";
   const std::string redis_scheme = "redis://";
   if (url.rfind(file_scheme, 0) == 0) {
     out.kind = Kind::kFile;
     out.path = url.substr(file_scheme.size());
-    if (out.path.empty() || out.path[0] != '/') return fail("the directory must be an absolute path");
+    if (out.path.empty() || out.path[0] != '/')
+      return fail("the directory must be an absolute path");
     while (out.path.size() > 1 && out.path.back() == '/') out.path.pop_back();
     return out;
   }
@@ -49,7 +51,9 @@ std::string RendezvousUrl::str() const {
   return detail::concat("redis://", host, ":", port);
 }
 
-void Store::wait(const std::vector<std::string>& keys) { wait(keys, kDefaultTimeout); }
+void Store::wait(const std::vector<std::string>& keys) {
+  wait(keys, kDefaultTimeout);
+}
 
 void Store::wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -78,9 +82,15 @@ std::vector<std::string> PrefixedStore::join(const std::vector<std::string>& key
 void PrefixedStore::set(const std::string& key, const std::vector<char>& data) {
   base_.set(prefix_ + "/" + key, data);
 }
-std::vector<char> PrefixedStore::get(const std::string& key) { return base_.get(prefix_ + "/" + key); }
-bool PrefixedStore::check(const std::vector<std::string>& keys) { return base_.check(join(keys)); }
-void PrefixedStore::remove(const std::vector<std::string>& keys) { base_.remove(join(keys)); }
+std::vector<char> PrefixedStore::get(const std::string& key) {
+  return base_.get(prefix_ + "/" + key);
+}
+bool PrefixedStore::check(const std::vector<std::string>& keys) {
+  return base_.check(join(keys));
+}
+void PrefixedStore::remove(const std::vector<std::string>& keys) {
+  base_.remove(join(keys));
+}
 
 namespace {
 
@@ -91,8 +101,8 @@ std::optional<int> env_int(const char* name) {
   std::string s(v);
   auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), x);
   if (ec != std::errc() || ptr != s.data() + s.size()) {
-    throw InvalidArgument(detail::concat("environment variable ", name, "='", s,
-                                         "' is not an integer"));
+    throw InvalidArgument(
+        detail::concat("environment variable ", name, "='", s, "' is not an integer"));
   }
   return x;
 }

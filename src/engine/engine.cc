@@ -37,9 +37,12 @@ Schedule Schedule::parse(const std::string& spec) {
 
 std::string Schedule::str() const {
   switch (kind) {
-    case Kind::kSingle: return "single";
-    case Kind::kWfbp: return "wfbp";
-    default: return detail::concat("fused:", fused_mb);
+    case Kind::kSingle:
+      return "single";
+    case Kind::kWfbp:
+      return "wfbp";
+    default:
+      return detail::concat("fused:", fused_mb);
   }
 }
 
@@ -176,7 +179,8 @@ bool GradientEngine::finish() {
     std::string names;
     for (size_t p : buckets_[i].params) names += (names.empty() ? "" : ", ") + params_[p].name;
     throw Error(detail::concat("non-finite gradient (NaN or Inf) at step ", step_, " in bucket ", i,
-                               " (", names, "); lower the learning rate, or pass "
+                               " (", names,
+                               "); lower the learning rate, or pass "
                                "--on-nonfinite skip to drop such steps"));
   }
   return true;
@@ -191,8 +195,8 @@ void GradientEngine::comm_loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     cv_.wait(lock, [&] {
-      return stop_ || (in_step_ && error_ == nullptr && next_ < buckets_.size() &&
-                       buckets_[next_].ready);
+      return stop_ ||
+             (in_step_ && error_ == nullptr && next_ < buckets_.size() && buckets_[next_].ready);
     });
     if (stop_) return;
     const size_t i = next_++;

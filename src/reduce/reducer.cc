@@ -21,7 +21,9 @@ void DenseReducer::reduce(std::span<float> grad, uint64_t /*step*/) {
   bytes_received_ += moved;
 }
 
-std::vector<std::string> reducer_names() { return {"dense"}; }
+std::vector<std::string> reducer_names() {
+  return {"dense"};
+}
 
 std::unique_ptr<GradientReducer> make_reducer(const std::string& spec, comm::Group& group) {
   std::string name = spec.substr(0, spec.find(':'));

@@ -32,8 +32,8 @@ void write_back(torch::nn::Module& module, const engine::GradientEngine& engine)
   torch::NoGradGuard guard;
   for (size_t i = 0; i < params.size(); ++i) {
     auto reduced = engine.reduced(i);
-    auto src = torch::from_blob(const_cast<float*>(reduced.data()), params[i].sizes(),
-                                torch::kFloat);
+    auto src =
+        torch::from_blob(const_cast<float*>(reduced.data()), params[i].sizes(), torch::kFloat);
     if (!params[i].mutable_grad().defined()) {
       params[i].mutable_grad() = src.clone();
     } else {

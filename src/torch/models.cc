@@ -8,7 +8,8 @@ namespace {
 // Convex: one linear layer (for Local SGD and L-BFGS experiments).
 class LogReg : public Net {
  public:
-  explicit LogReg(const ModelSpec& s) : fc_(register_module("fc", torch::nn::Linear(s.input_dim, s.classes))) {}
+  explicit LogReg(const ModelSpec& s)
+      : fc_(register_module("fc", torch::nn::Linear(s.input_dim, s.classes))) {}
   torch::Tensor forward(const torch::Tensor& x) override { return fc_->forward(x); }
 
  private:
@@ -20,7 +21,8 @@ class Mlp : public Net {
   explicit Mlp(const ModelSpec& s) {
     int64_t in = s.input_dim;
     for (size_t i = 0; i < s.hidden.size(); ++i) {
-      layers_.push_back(register_module("fc" + std::to_string(i), torch::nn::Linear(in, s.hidden[i])));
+      layers_.push_back(
+          register_module("fc" + std::to_string(i), torch::nn::Linear(in, s.hidden[i])));
       in = s.hidden[i];
     }
     layers_.push_back(register_module("out", torch::nn::Linear(in, s.classes)));
@@ -39,7 +41,8 @@ class Mlp : public Net {
 class Cnn : public Net {
  public:
   explicit Cnn(const ModelSpec& s)
-      : conv1_(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 6, 5).padding(2)))),
+      : conv1_(register_module("conv1",
+                               torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 6, 5).padding(2)))),
         conv2_(register_module("conv2", torch::nn::Conv2d(6, 16, 5))),
         fc1_(register_module("fc1", torch::nn::Linear(16 * 5 * 5, 120))),
         fc2_(register_module("fc2", torch::nn::Linear(120, 84))),
@@ -87,7 +90,9 @@ class Embed : public Net {
 
 }  // namespace
 
-std::vector<std::string> model_names() { return {"logreg", "mlp", "cnn", "embed"}; }
+std::vector<std::string> model_names() {
+  return {"logreg", "mlp", "cnn", "embed"};
+}
 
 std::shared_ptr<Net> make_model(const ModelSpec& s) {
   DT_ENFORCE(s.input_dim > 0 && s.classes > 1, "model sizes: input_dim ", s.input_dim,

@@ -7,8 +7,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <nlohmann/json.hpp>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "dtrain/common/error.h"
@@ -74,13 +74,17 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
 
 }  // namespace
 
-void save_checkpoint(const std::string& path, const CheckpointMeta& meta,
-                     torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
+                     torch::optim::Optimizer& optimizer,
                      const std::vector<std::byte>& reducer_state) {
-  nlohmann::json j = {{"step", meta.step},   {"epoch", meta.epoch},
-                      {"position", meta.position}, {"seed", meta.seed},
-                      {"world_size", meta.world_size}, {"model", meta.model},
-                      {"reduce", meta.reduce}, {"format", 1}};
+  nlohmann::json j = {{"step", meta.step},
+                      {"epoch", meta.epoch},
+                      {"position", meta.position},
+                      {"seed", meta.seed},
+                      {"world_size", meta.world_size},
+                      {"model", meta.model},
+                      {"reduce", meta.reduce},
+                      {"format", 1}};
   const std::string js = j.dump();
   torch::serialize::OutputArchive archive;
   archive.write("meta", bytes_tensor(js.data(), js.size()));
@@ -131,8 +135,10 @@ CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(rng);
   } catch (const c10::Error& e) {
-    throw InvalidArgument("checkpoint " + path + " does not fit this model (was it written with "
-                          "another --model or sizes?): " + e.what_without_backtrace());
+    throw InvalidArgument("checkpoint " + path +
+                          " does not fit this model (was it written with "
+                          "another --model or sizes?): " +
+                          e.what_without_backtrace());
   } catch (const nlohmann::json::exception& e) {
     throw IoError("checkpoint " + path + " has a corrupt header: " + e.what());
   }

@@ -36,7 +36,9 @@ namespace dtrain::train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 void validate(const TrainOptions& o) {
   DT_ENFORCE(o.epochs >= 1, "--epochs must be >= 1, got ", o.epochs);
@@ -60,8 +62,7 @@ void pin_threads(int threads) {
   }
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o,
-                                                        torchx::Net& model) {
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, torchx::Net& model) {
   if (o.optimizer == "adam") {
     return std::make_unique<torch::optim::Adam>(model.parameters(),
                                                 torch::optim::AdamOptions(o.lr));
@@ -81,9 +82,10 @@ std::pair<double, double> evaluate(torchx::Net& model, const TensorData& d, comm
     auto logits = model.forward(d.x_test.slice(0, b, e));
     auto y = d.y_test.slice(0, b, e);
     sums[0] += logits.argmax(1).eq(y).sum().item<double>();
-    sums[1] += torch::nn::functional::cross_entropy(
-                   logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                   .item<double>();
+    sums[1] +=
+        torch::nn::functional::cross_entropy(
+            logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+            .item<double>();
   }
   collective::AllreduceOptions o(g);
   o.output = collective::View(sums, 3, collective::DataType::kFloat64);
@@ -100,16 +102,25 @@ double global_mean(double v, comm::Group& g) {
 }
 
 void write_config(const TrainOptions& o, const TensorData& d, int world, const std::string& dir) {
-  nlohmann::json j = {{"model", o.model},         {"hidden", o.hidden},
-                      {"data", d.description},     {"workers", world},
-                      {"epochs", o.epochs},        {"batch_size", o.batch_size},
+  nlohmann::json j = {{"model", o.model},
+                      {"hidden", o.hidden},
+                      {"data", d.description},
+                      {"workers", world},
+                      {"epochs", o.epochs},
+                      {"batch_size", o.batch_size},
                       {"global_batch", o.batch_size * world},
-                      {"lr", o.lr},                {"momentum", o.momentum},
-                      {"optimizer", o.optimizer},  {"seed", o.seed},
-                      {"reduce", o.reduce},        {"schedule", o.schedule},
-                      {"on_nonfinite", o.on_nonfinite}, {"max_steps", o.max_steps},
-                      {"train_subset", o.train_subset}, {"test_subset", o.test_subset},
-                      {"threads", o.threads},      {"checkpoint_every", o.checkpoint_every},
+                      {"lr", o.lr},
+                      {"momentum", o.momentum},
+                      {"optimizer", o.optimizer},
+                      {"seed", o.seed},
+                      {"reduce", o.reduce},
+                      {"schedule", o.schedule},
+                      {"on_nonfinite", o.on_nonfinite},
+                      {"max_steps", o.max_steps},
+                      {"train_subset", o.train_subset},
+                      {"test_subset", o.test_subset},
+                      {"threads", o.threads},
+                      {"checkpoint_every", o.checkpoint_every},
                       {"resume", o.resume}};
   if (o.model == "embed") {
     j["fields"] = o.fields;
@@ -215,8 +226,7 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
   auto checkpoint = [&](int epoch, int64_t position, int64_t step) {
     if (!lead || out_dir.empty()) return;
     CheckpointMeta m{step, epoch, position, o.seed, world, o.model, o.reduce};
-    save_checkpoint(out_dir + "/checkpoint.pt", m, *model, *optimizer,
-                    eng.reducer().save_state());
+    save_checkpoint(out_dir + "/checkpoint.pt", m, *model, *optimizer, eng.reducer().save_state());
   };
 
   const int64_t n_train = d.x_train.size(0);
@@ -225,9 +235,11 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
              world, " workers with --batch-size ", o.batch_size);
   Progress progress(o.quiet || !lead, steps_per_epoch);
   if (lead && !o.quiet) {
-    std::printf("training %s on %s: %d workers x batch %d, %lld steps/epoch, reduce %s, "
-                "schedule %s\n", o.model.c_str(), d.description.c_str(), world, o.batch_size,
-                (long long)steps_per_epoch, o.reduce.c_str(), o.schedule.c_str());
+    std::printf(
+        "training %s on %s: %d workers x batch %d, %lld steps/epoch, reduce %s, "
+        "schedule %s\n",
+        o.model.c_str(), d.description.c_str(), world, o.batch_size, (long long)steps_per_epoch,
+        o.reduce.c_str(), o.schedule.c_str());
     std::fflush(stdout);
   }
 
@@ -291,7 +303,10 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
       progress.step(epoch, s, l, step * double(o.batch_size) * world / std::max(elapsed, 1e-9), mb);
       if (step % o.log_every == 0) {
         double mean_loss = global_mean(l, g);
-        metrics.write({{"kind", "step"}, {"epoch", epoch}, {"step", step}, {"time_s", elapsed},
+        metrics.write({{"kind", "step"},
+                       {"epoch", epoch},
+                       {"step", step},
+                       {"time_s", elapsed},
                        {"loss", mean_loss},
                        {"samples", (step - start.step) * int64_t(o.batch_size) * world},
                        {"bytes_sent", eng.reducer().bytes_sent()},
@@ -307,17 +322,27 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
     const double epoch_s = since(t_epoch);
     const double elapsed = since(t_start);
     const double sps = (step - start.step) * double(o.batch_size) * world / std::max(elapsed, 1e-9);
-    metrics.write({{"kind", "epoch"}, {"epoch", epoch}, {"step", step}, {"time_s", elapsed},
-                   {"train_loss", train_loss}, {"test_loss", test_loss}, {"test_accuracy", acc},
-                   {"samples_per_s", sps}, {"bytes_sent", eng.reducer().bytes_sent()},
+    metrics.write({{"kind", "epoch"},
+                   {"epoch", epoch},
+                   {"step", step},
+                   {"time_s", elapsed},
+                   {"train_loss", train_loss},
+                   {"test_loss", test_loss},
+                   {"test_accuracy", acc},
+                   {"samples_per_s", sps},
+                   {"bytes_sent", eng.reducer().bytes_sent()},
                    {"bytes_recv", eng.reducer().bytes_received()},
-                   {"phase_s", {{"data", phase[0]}, {"forward", phase[1]}, {"backward", phase[2]},
-                                {"comm_wait", phase[3]}, {"optimizer", phase[4]},
-                                {"comm", eng.stats().comm_s - comm_before},
-                                {"comm_hidden", eng.stats().hidden_s - hidden_before}}}});
-    progress.epoch_done(detail::concat(
-        "epoch ", epoch + 1, "/", o.epochs, ": train loss ", train_loss, ", test accuracy ",
-        acc * 100, "%, ", epoch_s, " s, ", eng.reducer().bytes_sent() / 1e6, " MB sent/rank"));
+                   {"phase_s",
+                    {{"data", phase[0]},
+                     {"forward", phase[1]},
+                     {"backward", phase[2]},
+                     {"comm_wait", phase[3]},
+                     {"optimizer", phase[4]},
+                     {"comm", eng.stats().comm_s - comm_before},
+                     {"comm_hidden", eng.stats().hidden_s - hidden_before}}}});
+    progress.epoch_done(detail::concat("epoch ", epoch + 1, "/", o.epochs, ": train loss ",
+                                       train_loss, ", test accuracy ", acc * 100, "%, ", epoch_s,
+                                       " s, ", eng.reducer().bytes_sent() / 1e6, " MB sent/rank"));
     result.test_accuracy = acc;
     result.test_loss = test_loss;
     result.train_loss = train_loss;
@@ -332,18 +357,23 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
   }
   result.steps = step;
   result.time_s = since(t_start);
-  result.samples_per_s = (step - start.step) * double(o.batch_size) * world /
-                         std::max(result.time_s, 1e-9);
+  result.samples_per_s =
+      (step - start.step) * double(o.batch_size) * world / std::max(result.time_s, 1e-9);
   result.bytes_sent = eng.reducer().bytes_sent();
   result.bytes_received = eng.reducer().bytes_received();
   result.comm_s = eng.stats().comm_s;
   result.comm_wait_s = eng.stats().wait_s;
   result.comm_hidden_s = eng.stats().hidden_s;
   result.skipped_steps = eng.stats().skipped_steps;
-  metrics.write({{"kind", "final"}, {"time_s", result.time_s}, {"steps", step},
-                 {"test_accuracy", result.test_accuracy}, {"samples_per_s", result.samples_per_s},
-                 {"bytes_sent", result.bytes_sent}, {"bytes_recv", result.bytes_received},
-                 {"comm_s", result.comm_s}, {"comm_wait_s", result.comm_wait_s},
+  metrics.write({{"kind", "final"},
+                 {"time_s", result.time_s},
+                 {"steps", step},
+                 {"test_accuracy", result.test_accuracy},
+                 {"samples_per_s", result.samples_per_s},
+                 {"bytes_sent", result.bytes_sent},
+                 {"bytes_recv", result.bytes_received},
+                 {"comm_s", result.comm_s},
+                 {"comm_wait_s", result.comm_wait_s},
                  {"comm_hidden_s", result.comm_hidden_s},
                  {"skipped_steps", result.skipped_steps}});
   if (!o.timeline.empty()) write_timeline(timeline, o.timeline, g);

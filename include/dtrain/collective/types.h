@@ -24,11 +24,16 @@ DataType parse_data_type(const std::string& s);
 
 template <typename T>
 constexpr DataType dtype_of() {
-  if constexpr (std::is_same_v<T, float>) return DataType::kFloat32;
-  else if constexpr (std::is_same_v<T, double>) return DataType::kFloat64;
-  else if constexpr (std::is_same_v<T, int32_t>) return DataType::kInt32;
-  else if constexpr (std::is_same_v<T, int64_t>) return DataType::kInt64;
-  else static_assert(!sizeof(T), "unsupported element type");
+  if constexpr (std::is_same_v<T, float>)
+    return DataType::kFloat32;
+  else if constexpr (std::is_same_v<T, double>)
+    return DataType::kFloat64;
+  else if constexpr (std::is_same_v<T, int32_t>)
+    return DataType::kInt32;
+  else if constexpr (std::is_same_v<T, int64_t>)
+    return DataType::kInt64;
+  else
+    static_assert(!sizeof(T), "unsupported element type");
 }
 
 // dst[i] = op(dst[i], src[i]) for n elements. kAvg accumulates like kSum (scaling is separate).
@@ -74,9 +79,9 @@ struct ConstView {
 struct CommonOptions {
   explicit CommonOptions(comm::Group& g) : group(&g) {}
   comm::Group* group;
-  uint64_t tag = 0;             // 0: drawn from the group's counter
-  comm::Millis timeout{0};      // 0: the group's default
-  size_t segment_bytes = 0;     // 0: kDefaultSegmentBytes; pipelining unit of ring algorithms
+  uint64_t tag = 0;          // 0: drawn from the group's counter
+  comm::Millis timeout{0};   // 0: the group's default
+  size_t segment_bytes = 0;  // 0: kDefaultSegmentBytes; pipelining unit of ring algorithms
 };
 
 inline constexpr size_t kDefaultSegmentBytes = size_t{512} << 10;

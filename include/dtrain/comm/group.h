@@ -43,15 +43,15 @@ using Clock = std::chrono::steady_clock;
 using Millis = std::chrono::milliseconds;
 
 struct GroupOptions {
-  std::string rendezvous;    // file:///dir or redis://host:port; may be empty when size is 1
-  std::optional<int> rank;   // overrides the launcher environment
-  std::optional<int> size;   // overrides the launcher environment
-  std::string run_id;        // empty: detect_run_id()
-  std::string host;          // TCP: address to bind and advertise (e.g. 127.0.0.1)
-  std::string iface;         // TCP: interface to bind (e.g. eth0); used when host is empty
+  std::string rendezvous;         // file:///dir or redis://host:port; may be empty when size is 1
+  std::optional<int> rank;        // overrides the launcher environment
+  std::optional<int> size;        // overrides the launcher environment
+  std::string run_id;             // empty: detect_run_id()
+  std::string host;               // TCP: address to bind and advertise (e.g. 127.0.0.1)
+  std::string iface;              // TCP: interface to bind (e.g. eth0); used when host is empty
   std::string transport = "tcp";  // "tcp" or "ibverbs"
-  std::string ib_device;     // ibverbs device name; empty: the first one
-  Millis timeout{60000};     // default deadline of every wait
+  std::string ib_device;          // ibverbs device name; empty: the first one
+  Millis timeout{60000};          // default deadline of every wait
 };
 
 struct AnyOf {

@@ -34,10 +34,12 @@ class Store : public gloo::rendezvous::Store {
   virtual void remove(const std::vector<std::string>& keys) = 0;
   // Gloo's interface: waits, throwing TimeoutError naming the missing keys.
   void wait(const std::vector<std::string>& keys) override;
-  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override;
+  void wait(const std::vector<std::string>& keys,
+            const std::chrono::milliseconds& timeout) override;
 };
 
-// Opens the store a URL names. Redis: connects now and throws IoError naming host:port if it cannot.
+// Opens the store a URL names. Redis: connects now and throws IoError naming host:port if it
+// cannot.
 std::unique_ptr<Store> open_store(const RendezvousUrl& url);
 
 // Keys under "prefix/" of another store (Gloo's PrefixStore, but with check/remove).
@@ -55,9 +57,10 @@ class PrefixedStore : public Store {
   Store& base_;
 };
 
-// Rank and size from the environment: DTRAIN_RANK/DTRAIN_WORLD_SIZE, else OMPI_COMM_WORLD_RANK/SIZE,
-// PMI_RANK/PMI_SIZE, SLURM_PROCID/SLURM_NTASKS. Returns nothing if none is set; throws
-// InvalidArgument naming the variable if one is set but malformed or only half of a pair is set.
+// Rank and size from the environment: DTRAIN_RANK/DTRAIN_WORLD_SIZE, else
+// OMPI_COMM_WORLD_RANK/SIZE, PMI_RANK/PMI_SIZE, SLURM_PROCID/SLURM_NTASKS. Returns nothing if none
+// is set; throws InvalidArgument naming the variable if one is set but malformed or only half of a
+// pair is set.
 struct LaunchEnv {
   int rank = 0;
   int size = 1;

@@ -1,5 +1,5 @@
-// Error hierarchy for dtrain. Every failure a user can cause or a peer can provoke surfaces as one of
-// these, with a message naming the thing (flag, file, rank, tensor); nothing aborts the process.
+// Error hierarchy for dtrain. Every failure a user can cause or a peer can provoke surfaces as one
+// of these, with a message naming the thing (flag, file, rank, tensor); nothing aborts the process.
 #pragma once
 
 #include <sstream>
@@ -55,23 +55,24 @@ template <typename E, typename... Args>
 }  // namespace detail
 
 // DT_THROW(IoError, "lost rank ", r) throws with file:line appended.
-#define DT_THROW(Kind, ...) ::dtrain::detail::throw_at<::dtrain::Kind>(__FILE__, __LINE__, __VA_ARGS__)
+#define DT_THROW(Kind, ...) \
+  ::dtrain::detail::throw_at<::dtrain::Kind>(__FILE__, __LINE__, __VA_ARGS__)
 
 // DT_ENFORCE(n >= 0, "negative count ", n): precondition check raising InvalidArgument.
-#define DT_ENFORCE(cond, ...)                                                               \
-  do {                                                                                      \
-    if (!(cond)) {                                                                          \
+#define DT_ENFORCE(cond, ...)                                                                \
+  do {                                                                                       \
+    if (!(cond)) {                                                                           \
       ::dtrain::detail::throw_at<::dtrain::InvalidArgument>(__FILE__, __LINE__, __VA_ARGS__, \
                                                             " (check `" #cond "` failed)");  \
-    }                                                                                       \
+    }                                                                                        \
   } while (0)
 
 // Same check, raising a given kind (e.g. ProtocolError for remote input).
-#define DT_ENFORCE_AS(Kind, cond, ...)                                                         \
-  do {                                                                                         \
-    if (!(cond)) {                                                                             \
-      ::dtrain::detail::throw_at<::dtrain::Kind>(__FILE__, __LINE__, __VA_ARGS__);             \
-    }                                                                                          \
+#define DT_ENFORCE_AS(Kind, cond, ...)                                             \
+  do {                                                                             \
+    if (!(cond)) {                                                                 \
+      ::dtrain::detail::throw_at<::dtrain::Kind>(__FILE__, __LINE__, __VA_ARGS__); \
+    }                                                                              \
   } while (0)
 
 }  // namespace dtrain

@@ -47,9 +47,9 @@ std::vector<std::vector<size_t>> plan_buckets(const std::vector<ParamInfo>& para
                                               const Schedule& schedule);
 
 struct EngineStats {
-  double comm_s = 0;       // time the communication thread spent reducing
-  double wait_s = 0;       // time finish() blocked (communication not hidden)
-  double hidden_s = 0;     // communication that ran while backprop was still running
+  double comm_s = 0;    // time the communication thread spent reducing
+  double wait_s = 0;    // time finish() blocked (communication not hidden)
+  double hidden_s = 0;  // communication that ran while backprop was still running
   uint64_t skipped_steps = 0;
 };
 
@@ -105,7 +105,7 @@ class GradientEngine {
   std::condition_variable cv_;
   int64_t step_ = -1;
   std::chrono::steady_clock::time_point step_start_;  // backprop begins right after begin_step
-  size_t next_ = 0;         // next bucket index the comm thread reduces
+  size_t next_ = 0;                                   // next bucket index the comm thread reduces
   size_t done_count_ = 0;
   bool in_step_ = false;
   bool stop_ = false;

@@ -10,8 +10,8 @@
 namespace dtrain::torchx {
 
 struct ModelSpec {
-  std::string name = "mlp";       // logreg | mlp | cnn | embed
-  int64_t input_dim = 784;        // dense models: features per sample
+  std::string name = "mlp";  // logreg | mlp | cnn | embed
+  int64_t input_dim = 784;   // dense models: features per sample
   int64_t classes = 10;
   std::vector<int64_t> hidden = {512, 256};  // mlp hidden widths
   // embed: categorical fields, vocabulary per table, embedding width

@@ -10,17 +10,17 @@
 namespace dtrain::train {
 
 struct CheckpointMeta {
-  int64_t step = 0;       // steps completed
-  int epoch = 0;          // epoch to continue in
-  int64_t position = 0;   // steps of that epoch already done
+  int64_t step = 0;      // steps completed
+  int epoch = 0;         // epoch to continue in
+  int64_t position = 0;  // steps of that epoch already done
   uint64_t seed = 0;
   int world_size = 1;
   std::string model;
   std::string reduce;
 };
 
-void save_checkpoint(const std::string& path, const CheckpointMeta& meta,
-                     torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
+                     torch::optim::Optimizer& optimizer,
                      const std::vector<std::byte>& reducer_state);
 
 // Throws IoError naming the file if it is missing or unreadable, InvalidArgument if it was

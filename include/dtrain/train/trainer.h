@@ -14,9 +14,9 @@ struct TrainOptions {
   // Model and data
   std::string model = "mlp";
   std::vector<int64_t> hidden = {512, 256};
-  std::string data_dir;            // empty: Debian's Fashion-MNIST
-  size_t train_subset = 0;         // >0: only the first n training samples
-  size_t test_subset = 0;          // >0: only the first n test samples
+  std::string data_dir;     // empty: Debian's Fashion-MNIST
+  size_t train_subset = 0;  // >0: only the first n training samples
+  size_t test_subset = 0;   // >0: only the first n test samples
   // embed model / synthetic click-through data
   int64_t fields = 8;
   int64_t vocab = 100000;
@@ -25,24 +25,24 @@ struct TrainOptions {
   size_t synthetic_test = 20000;
   // Optimisation
   int epochs = 2;
-  int batch_size = 64;             // per worker
+  int batch_size = 64;  // per worker
   double lr = 0.001;
-  double momentum = 0.9;               // for optimizer "momentum"
-  std::string optimizer = "adam";      // sgd | momentum | adam
+  double momentum = 0.9;           // for optimizer "momentum"
+  std::string optimizer = "adam";  // sgd | momentum | adam
   uint64_t seed = 1;
-  int64_t max_steps = -1;          // stop after this many steps in total (tests, quick looks)
+  int64_t max_steps = -1;  // stop after this many steps in total (tests, quick looks)
   // Communication
   std::string reduce = "dense";
   std::string schedule = "fused:25";
   std::string on_nonfinite = "abort";
   // Output
-  std::string out_dir;             // config.json, metrics.jsonl, checkpoint.pt
-  int64_t checkpoint_every = 0;    // steps; 0: only at the end
-  std::string resume;              // run directory to continue from
-  std::string timeline;            // Chrome trace file
+  std::string out_dir;           // config.json, metrics.jsonl, checkpoint.pt
+  int64_t checkpoint_every = 0;  // steps; 0: only at the end
+  std::string resume;            // run directory to continue from
+  std::string timeline;          // Chrome trace file
   bool quiet = false;
-  int log_every = 20;              // steps between step records
-  int threads = 1;                 // LibTorch/OpenBLAS threads per worker
+  int log_every = 20;  // steps between step records
+  int threads = 1;     // LibTorch/OpenBLAS threads per worker
 };
 
 struct TrainResult {
@@ -54,9 +54,9 @@ struct TrainResult {
   double samples_per_s = 0;
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
-  double comm_s = 0;        // communication-thread busy time, summed over steps
-  double comm_wait_s = 0;   // time the training thread waited for it after backprop
-  double comm_hidden_s = 0; // communication that overlapped backprop
+  double comm_s = 0;         // communication-thread busy time, summed over steps
+  double comm_wait_s = 0;    // time the training thread waited for it after backprop
+  double comm_hidden_s = 0;  // communication that overlapped backprop
   uint64_t skipped_steps = 0;
 };
 
