@@ -2,7 +2,6 @@
 // One file per key; a key's '/' becomes '%' so prefixes never need sub-directories. Writes go to a
 // temporary name and are renamed into place, so a reader sees a whole value or none, and a key that
 // already exists (a re-used directory) is overwritten instead of aborting.
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,10 +9,10 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
-#include <random>
 
 #include "dtrain/comm/rendezvous.h"
 #include "dtrain/common/error.h"
+#include "dtrain/common/file.h"
 
 namespace dtrain::comm {
 namespace {
@@ -34,30 +33,7 @@ class FileStore : public Store {
   }
 
   void set(const std::string& key, const std::vector<char>& data) override {
-    std::string final_path = path(key);
-    std::string tmp = detail::concat(final_path, ".tmp.", ::getpid(), ".", std::random_device{}());
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-      throw IoError(detail::concat("rendezvous: cannot write ", tmp, ": ", std::strerror(errno)));
-    }
-    size_t done = 0;
-    while (done < data.size()) {
-      ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        int err = errno;
-        ::close(fd);
-        ::unlink(tmp.c_str());
-        throw IoError(detail::concat("rendezvous: write ", tmp, ": ", std::strerror(err)));
-      }
-      done += static_cast<size_t>(n);
-    }
-    ::close(fd);
-    if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
-      int err = errno;
-      ::unlink(tmp.c_str());
-      throw IoError(detail::concat("rendezvous: rename to ", final_path, ": ", std::strerror(err)));
-    }
+    write_file_atomic(path(key), data, /*durable=*/false);
   }
 
   std::vector<char> get(const std::string& key) override {

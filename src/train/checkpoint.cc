@@ -1,10 +1,7 @@
 #include "dtrain/train/checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <fcntl.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
@@ -12,6 +9,7 @@
 #include <sstream>
 
 #include "dtrain/common/error.h"
+#include "dtrain/common/file.h"
 
 namespace dtrain::train {
 namespace {
@@ -24,40 +22,6 @@ torch::Tensor bytes_tensor(const void* data, size_t n) {
 
 std::string tensor_string(const torch::Tensor& t) {
   return std::string(static_cast<const char*>(t.data_ptr()), t.numel());
-}
-
-void write_atomically(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw IoError("checkpoint: cannot create " + tmp + ": " + std::strerror(errno));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw IoError("checkpoint: write to " + tmp + " failed: " + std::strerror(err));
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    throw IoError("checkpoint: fsync of " + tmp + " failed: " + std::strerror(err));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    throw IoError("checkpoint: rename to " + path + " failed: " + std::strerror(err));
-  }
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
 }
 
 torch::serialize::InputArchive open_archive(const std::string& path) {
@@ -98,7 +62,8 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch:
   archive.write("rng", at::detail::getDefaultCPUGenerator().get_state());
   std::ostringstream os;
   archive.save_to(os);
-  write_atomically(path, os.str());
+  const std::string bytes = os.str();
+  write_file_atomic(path, bytes, /*durable=*/true);
 }
 
 CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model,
