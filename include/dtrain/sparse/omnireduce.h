@@ -1,0 +1,45 @@
+// OmniReduce: an in-place SUM allreduce of a float tensor where only non-zero blocks travel
+// (Fei et al., SIGCOMM 2021; spec in shared/specs/omnireduce.md). Every rank is a worker and also
+// runs an aggregator thread for the blocks it owns (colocated aggregators, A = world size).
+//
+// allgather_sparse is the AGsparse baseline: each rank gathers every rank's (index, value) list of
+// non-zero elements and sums the lists in rank order. Both give bit-identical results.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "dtrain/comm/group.h"
+
+namespace dtrain::sparse {
+
+struct OmniReduceOptions {
+  explicit OmniReduceOptions(comm::Group& g) : group(&g) {}
+  comm::Group* group;
+  uint64_t tag = 0;         // 0: group.next_tag()
+  comm::Millis timeout{0};  // 0: the group's default
+  std::span<float> data;    // in-place SUM over all workers
+  size_t block = 256;       // elements per block; a block travels only where it has a non-zero
+  size_t blocks_per_message = 32;  // block fusion: blocks per message (one per column of a slot)
+  int slots = 4;                   // slots (messages in flight) per (worker, aggregator)
+};
+
+struct OmniReduceStats {
+  uint64_t blocks_nonzero_local = 0;  // blocks of this rank's input with a non-zero element
+  uint64_t blocks_union = 0;          // blocks non-zero at one worker or more (same on all ranks)
+  uint64_t bytes_sent = 0;            // protocol payload bytes this rank sent (not the handshake)
+  uint64_t bytes_received = 0;        // ... and received
+};
+
+// Collective: every rank calls it with the same size and settings (checked; a disagreement is a
+// ProtocolError on every rank naming the rank and both calls). Throws IoError/TimeoutError naming
+// the peer when one dies or stalls.
+OmniReduceStats omnireduce(const OmniReduceOptions& options);
+
+// Same result through two allgathervs of the non-zero (index, value) lists. Uses group, timeout,
+// data and block (for the block statistics); `tag` is ignored (its three allgathers each draw one
+// from the group). The byte counts are the payload of the two ring allgathervs.
+OmniReduceStats allgather_sparse(const OmniReduceOptions& options);
+
+}  // namespace dtrain::sparse

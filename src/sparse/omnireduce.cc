@@ -1,0 +1,221 @@
+// OmniReduce entry point: call agreement, block geometry, and the two threads of a rank.
+//
+// Works as follows. The tensor is cut into blocks of `block` floats; a message carries one block
+// from each of `columns` (blocks_per_message) columns. Message rows are dealt round-robin to lanes
+// (aggregator, slot), lane L to aggregator L % A, so each aggregator owns every A-th row and each
+// of its slots walks its own columns. Every rank is a worker, and rank a also runs the aggregator
+// thread for lanes L % A == a. Per lane the protocol is a self-clocked stream of rounds:
+//   - round 0: each worker sends, unconditionally, its look-ahead per column (first non-zero
+//     block, or kEnd); the aggregator replies with the targets: the minimum look-ahead per column.
+//   - round k: a worker whose look-ahead equals a column's target sends that block and its next
+//     look-ahead in the column; the others send nothing for it (the aggregator knows they are not
+//     involved, their look-ahead is larger). The aggregator sums the contributions in rank order
+//     into a zeroed block, and replies to every worker with the sums and the next targets.
+//   - the lane ends when every target is kEnd. Blocks zero everywhere are never targeted, never
+//     travel, and keep their local zeros.
+// A rank's worker talks to the other ranks' aggregators only: its own aggregator reads this rank's
+// blocks from memory and writes the sums back. The calling thread draws the tag once; requests and
+// replies of lane L use their own sub-channels, so the two threads never share a slot.
+#include "dtrain/sparse/omnireduce.h"
+
+#include <cstring>
+#include <exception>
+#include <thread>
+
+#include "dtrain/common/error.h"
+#include "omnireduce_internal.h"
+
+namespace dtrain::sparse {
+namespace detail {
+
+Layout::Layout(size_t n_, size_t block_, size_t columns_, int workers_, int slots_)
+    : n(n_),
+      block(block_),
+      columns(columns_),
+      workers(workers_),
+      aggregators(workers_),
+      slots(slots_) {
+  blocks = n == 0 ? 0 : (n + block - 1) / block;
+  const uint64_t rows = (blocks + columns - 1) / columns;
+  const uint64_t lane_count = static_cast<uint64_t>(aggregators) * slots;
+  lanes = std::min(rows, lane_count);
+  stride = lane_count * columns;
+}
+
+bool Layout::valid_pointer(uint64_t lane, size_t c, uint64_t p, uint64_t after) const {
+  if (p == kEnd) return true;
+  const uint64_t first = first_block(lane, c);
+  if (p >= blocks || p < first || (p - first) % stride != 0) return false;
+  return after == kEnd || p > after;
+}
+
+uint64_t Context::next_nonzero(uint64_t b) const {
+  const auto& nz = *nonzero;
+  for (; b < layout->blocks; b += layout->stride) {
+    if (nz[b]) return b;
+  }
+  return kEnd;
+}
+
+void Context::read_block(uint64_t b, float* out) const {
+  const size_t len = layout->elems(b);
+  std::memcpy(out, data.data() + b * layout->block, len * sizeof(float));
+  std::fill(out + len, out + layout->block, 0.0f);
+}
+
+void Context::write_block(uint64_t b, const float* in) const {
+  std::memcpy(data.data() + b * layout->block, in, layout->elems(b) * sizeof(float));
+}
+
+}  // namespace detail
+
+namespace {
+
+struct CallDescriptor {
+  uint64_t n = 0;
+  uint64_t block = 0;
+  uint64_t columns = 0;
+  uint64_t slots = 0;
+  bool operator==(const CallDescriptor&) const = default;
+};
+
+std::string describe(const CallDescriptor& d) {
+  return dtrain::detail::concat("omnireduce of ", d.n, " floats (block ", d.block, ", ", d.columns,
+                                " blocks per message, ", d.slots, " slots)");
+}
+
+// Every rank sends its descriptor to every peer and compares all it receives, so each rank of a
+// disagreeing call finds the mismatch itself (a ring check would let a rank with nothing to do
+// return before the others' notice arrives).
+void handshake(comm::Group& g, uint64_t tag, comm::Clock::time_point deadline,
+               const CallDescriptor& mine) {
+  const int n = g.size();
+  const int me = g.rank();
+  CallDescriptor out = mine;
+  std::vector<CallDescriptor> theirs(n);
+  auto send_buf = g.buffer(&out, sizeof(out));
+  std::vector<std::unique_ptr<comm::Buffer>> recv_bufs(n);
+  const uint64_t slot = comm::Group::slot(tag, 0);
+  for (int p = 0; p < n; ++p) {
+    if (p == me) continue;
+    recv_bufs[p] = g.buffer(&theirs[p], sizeof(CallDescriptor));
+    recv_bufs[p]->recv(p, slot, 0, sizeof(CallDescriptor));
+    send_buf->send(p, slot, 0, sizeof(out));
+  }
+  for (int p = 0; p < n; ++p) {
+    if (p == me) continue;
+    int peer[1] = {p};
+    recv_bufs[p]->wait_recv({"omnireduce", tag, peer, deadline});
+    send_buf->wait_send({"omnireduce", tag, peer, deadline});
+  }
+  for (int p = 0; p < n; ++p) {
+    if (p == me || theirs[p] == mine) continue;
+    g.fail(
+        comm::Group::FailKind::kProtocol, p,
+        dtrain::detail::concat("omnireduce (tag ", tag, "): ranks disagree: rank ", p, " called ",
+                               describe(theirs[p]), ", rank ", me, " called ", describe(mine)));
+  }
+}
+
+// Makes sure a failure on one thread of this rank stops the other one: a failed group aborts
+// every wait registered with it.
+void poison(comm::Group& g, const std::exception_ptr& error) {
+  if (g.poisoned()) return;
+  auto kind = comm::Group::FailKind::kIo;
+  std::string message;
+  try {
+    std::rethrow_exception(error);
+  } catch (const ProtocolError& e) {
+    kind = comm::Group::FailKind::kProtocol;
+    message = e.what();
+  } catch (const TimeoutError& e) {
+    kind = comm::Group::FailKind::kTimeout;
+    message = e.what();
+  } catch (const std::exception& e) {
+    message = e.what();
+  } catch (...) {
+    message = "unknown exception";
+  }
+  try {
+    g.fail(kind, -1, dtrain::detail::concat("omnireduce on rank ", g.rank(), ": ", message));
+  } catch (...) {
+    // fail() always throws; the caller rethrows the original error.
+  }
+}
+
+// Joins on every path out of omnireduce(), so the aggregator never outlives the data it uses.
+struct Joiner {
+  std::thread thread;
+  ~Joiner() {
+    if (thread.joinable()) thread.join();
+  }
+};
+
+}  // namespace
+
+OmniReduceStats omnireduce(const OmniReduceOptions& o) {
+  DT_ENFORCE(o.group != nullptr, "omnireduce: no group");
+  DT_ENFORCE(o.block > 0 && o.block <= (size_t{1} << 24), "omnireduce: block is ", o.block,
+             ", expected 1 .. 2^24 elements");
+  DT_ENFORCE(o.blocks_per_message > 0 && o.blocks_per_message <= (size_t{1} << 16),
+             "omnireduce: blocks_per_message is ", o.blocks_per_message, ", expected 1 .. 65536");
+  DT_ENFORCE(o.slots > 0 && o.slots <= (1 << 16), "omnireduce: slots is ", o.slots,
+             ", expected 1 .. 65536");
+  DT_ENFORCE(o.data.data() != nullptr || o.data.empty(), "omnireduce: data is null");
+  comm::Group& g = *o.group;
+  const int n = g.size();
+  const uint64_t max_lanes = static_cast<uint64_t>(n) * o.slots;
+  DT_ENFORCE(detail::Layout::reply_sub(max_lanes) <= comm::Group::kMaxSub, "omnireduce: ", n,
+             " aggregators x ", o.slots, " slots need more sub-channels than a tag has");
+
+  const uint64_t tag = o.tag ? o.tag : g.next_tag();
+  const auto deadline = g.deadline(o.timeout);
+  if (n > 1)
+    handshake(g, tag, deadline,
+              {o.data.size(), o.block, o.blocks_per_message, static_cast<uint64_t>(o.slots)});
+
+  const detail::Layout layout(o.data.size(), o.block, o.blocks_per_message, n, o.slots);
+  std::vector<uint8_t> nonzero(layout.blocks, 0);
+  OmniReduceStats stats;
+  for (uint64_t b = 0; b < layout.blocks; ++b) {
+    const float* p = o.data.data() + b * layout.block;
+    nonzero[b] = std::any_of(p, p + layout.elems(b), [](float v) { return v != 0.0f; });
+    stats.blocks_nonzero_local += nonzero[b];
+  }
+  if (n == 1) {
+    stats.blocks_union = stats.blocks_nonzero_local;
+    return stats;
+  }
+
+  const detail::Context ctx{&g, tag, deadline, &layout, o.data, &nonzero};
+  detail::Counters worker_counters, aggregator_counters;
+  std::exception_ptr worker_error, aggregator_error;
+  {
+    Joiner aggregator;
+    // Lane L exists for L < lanes, so this rank serves a lane iff its rank is below that.
+    if (static_cast<uint64_t>(g.rank()) < layout.lanes) {
+      aggregator.thread = std::thread([&] {
+        try {
+          detail::run_aggregator(ctx, aggregator_counters);
+        } catch (...) {
+          aggregator_error = std::current_exception();
+          poison(g, aggregator_error);
+        }
+      });
+    }
+    try {
+      detail::run_worker(ctx, worker_counters);
+    } catch (...) {
+      worker_error = std::current_exception();
+      poison(g, worker_error);
+    }
+  }
+  if (worker_error) std::rethrow_exception(worker_error);
+  if (aggregator_error) std::rethrow_exception(aggregator_error);
+  stats.blocks_union = worker_counters.blocks_union + aggregator_counters.blocks_union;
+  stats.bytes_sent = worker_counters.bytes_sent + aggregator_counters.bytes_sent;
+  stats.bytes_received = worker_counters.bytes_received + aggregator_counters.bytes_received;
+  return stats;
+}
+
+}  // namespace dtrain::sparse

@@ -1,0 +1,103 @@
+// Shared pieces of the OmniReduce worker and aggregator: the block geometry every rank derives
+// from the agreed call, the wire format, and the two roles' entry points.
+//
+// Wire format (raw, fixed-size messages whose size both ends compute from state they share):
+//   request, round 0:   columns x u64 look-ahead (first non-zero block of each column, or kEnd)
+//   request, round k>0: for the k' columns where the worker's look-ahead equals the aggregator's
+//                       target: k' x u64 next look-ahead, then k' x block floats (the blocks)
+//   reply, round k:     columns x u64 next targets, then one summed block (block floats) per
+//                       column whose current target is not kEnd (none in round 0)
+// A worker with no block to contribute in a round sends nothing: the aggregator knows from its
+// look-ahead that it is not part of that round. The last block is zero-padded to `block` floats.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <vector>
+
+#include "dtrain/comm/group.h"
+
+namespace dtrain::sparse::detail {
+
+inline constexpr uint64_t kEnd = UINT64_MAX;
+
+// Lane = (aggregator, slot): message row m (blocks m*columns .. m*columns + columns-1) belongs
+// to lane m % (aggregators * slots); lane L is served by aggregator L % aggregators. Column c of
+// lane L holds blocks L*columns + c + j*stride, j = 0, 1, ...
+struct Layout {
+  size_t n = 0;
+  size_t block = 0;
+  size_t columns = 0;  // blocks per message
+  int workers = 1;
+  int aggregators = 1;
+  int slots = 1;
+  uint64_t blocks = 0;  // ceil(n / block)
+  uint64_t lanes = 0;   // lanes that own at least one message row
+  uint64_t stride = 0;  // aggregators * slots * columns
+
+  Layout(size_t n, size_t block, size_t columns, int workers, int slots);
+
+  int aggregator_of(uint64_t lane) const { return static_cast<int>(lane % aggregators); }
+  uint64_t first_block(uint64_t lane, size_t c) const { return lane * columns + c; }
+  size_t elems(uint64_t b) const { return std::min<size_t>(block, n - b * block); }
+  // A look-ahead or target a peer may legally name for column c of `lane`, strictly after `after`
+  // (kEnd for "no previous": round 0).
+  bool valid_pointer(uint64_t lane, size_t c, uint64_t p, uint64_t after) const;
+
+  size_t request_bytes(size_t contributed) const {
+    return contributed * (sizeof(uint64_t) + block * sizeof(float));
+  }
+  size_t first_request_bytes() const { return columns * sizeof(uint64_t); }
+  size_t reply_bytes(size_t active) const {
+    return columns * sizeof(uint64_t) + active * block * sizeof(float);
+  }
+  size_t max_message_bytes() const { return reply_bytes(columns); }
+
+  // Sub-channel 0 carries the call handshake.
+  static uint32_t request_sub(uint64_t lane) { return static_cast<uint32_t>(2 + 2 * lane); }
+  static uint32_t reply_sub(uint64_t lane) { return static_cast<uint32_t>(3 + 2 * lane); }
+};
+
+// What one rank brings to the call, shared read-only by its worker and aggregator threads; each
+// thread writes only the blocks of its own lanes into `data`.
+struct Context {
+  comm::Group* group = nullptr;
+  uint64_t tag = 0;
+  comm::Clock::time_point deadline;
+  const Layout* layout = nullptr;
+  std::span<float> data;
+  const std::vector<uint8_t>* nonzero = nullptr;  // per block, of this rank's input
+
+  // First block at or after b (in b's column) that is non-zero here; kEnd if none.
+  uint64_t next_nonzero(uint64_t b) const;
+  // Copies block b into out (block floats), zero-padding a short last block.
+  void read_block(uint64_t b, float* out) const;
+  void write_block(uint64_t b, const float* in) const;
+};
+
+// Messages live in float vectors (the blocks); look-aheads and targets are u64 words at the front,
+// copied in and out with memcpy.
+inline uint64_t get_u64(const std::vector<float>& m, size_t i) {
+  uint64_t v;
+  std::memcpy(&v, reinterpret_cast<const std::byte*>(m.data()) + i * sizeof(uint64_t), sizeof(v));
+  return v;
+}
+
+inline void put_u64(std::vector<float>& m, size_t i, uint64_t v) {
+  std::memcpy(reinterpret_cast<std::byte*>(m.data()) + i * sizeof(uint64_t), &v, sizeof(v));
+}
+
+struct Counters {
+  uint64_t blocks_union = 0;
+  uint64_t bytes_sent = 0;
+  uint64_t bytes_received = 0;
+};
+
+// The worker side for the lanes of the other ranks' aggregators, and the aggregator side for
+// this rank's lanes (with this rank's own contribution read straight from memory).
+void run_worker(const Context& ctx, Counters& counters);
+void run_aggregator(const Context& ctx, Counters& counters);
+
+}  // namespace dtrain::sparse::detail
