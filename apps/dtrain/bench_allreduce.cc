@@ -158,7 +158,6 @@ void run_rank(const BenchFlags& f) {
       double algbw = bytes / med / 1e9;
       double busbw = algbw * 2.0 * (n - 1) / n;
       double bound = f.link_gbps > 0 ? 2.0 * (n - 1) / n * bytes * 8 / (f.link_gbps * 1e9) : 0;
-      std::string vs = gloo_median > 0 ? detail::concat(med / gloo_median) : "-";
       char vsbuf[32];
       std::snprintf(vsbuf, sizeof(vsbuf), gloo_median > 0 ? "%.3fx" : "-", med / gloo_median);
       std::printf("%-8s %-6s %10.3f %10.3f %10.3f %10.3f %10.3f %9s", human(bytes).c_str(),
