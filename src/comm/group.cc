@@ -227,7 +227,30 @@ void Group::rendezvous() {
   spdlog::debug("{}: connected {} ranks over {}", where, size_, options_.transport);
 }
 
+void Group::closing_barrier() {
+  // Gloo reports a send complete once its bytes are handed to the kernel; closing the connection
+  // right after may still lose them (seen as a peer waiting forever for the last message of a
+  // collective). So a healthy group closes only once every rank has finished every receive:
+  // gather "done" on rank 0, then release. Tag 0 is reserved for rendezvous and closing.
+  const Millis limit = std::min(options_.timeout, Millis(10000));
+  if (rank_ == 0) {
+    for (int r = 1; r < size_; ++r) recv(r, 0, limit);
+    for (int r = 1; r < size_; ++r) send(r, 0, {}, limit);
+  } else {
+    send(0, 0, {}, limit);
+    recv(0, 0, limit);
+  }
+}
+
 void Group::teardown() {
+  if (context_ && !poisoned()) {
+    try {
+      closing_barrier();
+    } catch (const std::exception& e) {
+      spdlog::warn("rank {}: closing the group without agreement of all ranks: {}", rank_,
+                   e.what());
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
