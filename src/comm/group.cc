@@ -215,24 +215,14 @@ void Group::rendezvous() {
   control_ = std::thread([this] { control_loop(); });
 
   // Everyone has read every address once all have connected; then each rank removes its keys,
-  // so a re-used directory or Redis database holds nothing stale. Tag 0 is reserved for this.
-  if (rank_ == 0) {
-    for (int r = 1; r < size_; ++r) recv(r, 0);
-    for (int r = 1; r < size_; ++r) send(r, 0, {});
-  } else {
-    send(0, 0, {});
-    recv(0, 0);
-  }
+  // so a re-used directory or Redis database holds nothing stale.
+  tag0_barrier(options_.timeout);
   store.remove(store.keys);
   spdlog::debug("{}: connected {} ranks over {}", where, size_, options_.transport);
 }
 
-void Group::closing_barrier() {
-  // Gloo reports a send complete once its bytes are handed to the kernel; closing the connection
-  // right after may still lose them (seen as a peer waiting forever for the last message of a
-  // collective). So a healthy group closes only once every rank has finished every receive:
-  // gather "done" on rank 0, then release. Tag 0 is reserved for rendezvous and closing.
-  const Millis limit = std::min(options_.timeout, Millis(10000));
+void Group::tag0_barrier(Millis limit) {
+  // Gather "done" on rank 0, then release. Tag 0 is reserved for rendezvous and closing.
   if (rank_ == 0) {
     for (int r = 1; r < size_; ++r) recv(r, 0, limit);
     for (int r = 1; r < size_; ++r) send(r, 0, {}, limit);
@@ -244,8 +234,12 @@ void Group::closing_barrier() {
 
 void Group::teardown() {
   if (context_ && !poisoned()) {
+    // Gloo reports a send complete once its bytes are handed to the kernel; closing the
+    // connection right after may still lose them (seen as a peer waiting forever for the last
+    // message of a collective). So a healthy group closes only once every rank has finished
+    // every receive.
     try {
-      closing_barrier();
+      tag0_barrier(std::min(options_.timeout, Millis(10000)));
     } catch (const std::exception& e) {
       spdlog::warn("rank {}: closing the group without agreement of all ranks: {}", rank_,
                    e.what());

@@ -350,7 +350,7 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
     loss_count = 0;
   }
   // The final checkpoint: at the end of the last epoch, or where --max-steps stopped.
-  if (last_position == steps_per_epoch && last_epoch + 1 <= o.epochs) {
+  if (last_position == steps_per_epoch) {
     checkpoint(last_epoch + 1, 0, step);
   } else {
     checkpoint(last_epoch, last_position, step);

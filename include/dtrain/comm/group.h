@@ -166,7 +166,7 @@ class Group : public std::enable_shared_from_this<Group> {
   explicit Group(GroupOptions options);
   void rendezvous();
   void teardown();
-  void closing_barrier();
+  void tag0_barrier(Millis limit);  // all ranks meet (rendezvous end, before closing)
   int wait(Buffer& buf, bool is_recv, const WaitInfo& info);
   void monitor_loop();
   void control_loop();
