@@ -4,6 +4,8 @@
 # reduce/ and engine/ do not need LibTorch.
 target_sources(dtrain_core PRIVATE
   src/reduce/reducer.cc
+  src/reduce/params.cc
+  src/reduce/omnireduce_reducer.cc
   src/engine/engine.cc
   src/engine/timeline.cc
 )

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "dtrain/common/error.h"
+#include "dtrain/reduce/reducer.h"
 #include "dtrain/sparse/omnireduce.h"
 #include "harness.h"
 
@@ -249,6 +250,87 @@ TEST_P(Sparse, OmniReduceAndAllgatherSparseMatchTheDenseSum) {
 INSTANTIATE_TEST_SUITE_P(WorldSizes, Sparse, ::testing::Values(1, 2, 3, 4, 5, 8),
                          [](const auto& info) { return "n" + std::to_string(info.param); });
 
+// Placements: colocated with fewer, equal or more aggregators than workers, and dedicated
+// aggregator ranks (the last `servers` ranks, which pass no data), on a subset of the sweep.
+struct Placement {
+  int workers;
+  int aggregators;  // 0: one per worker or server
+  int servers;
+};
+
+class SparsePlacement : public ::testing::TestWithParam<Placement> {};
+
+TEST_P(SparsePlacement, MatchesTheDenseSum) {
+  const Placement p = GetParam();
+  const int world = p.workers + p.servers;
+  std::vector<Case> cases;
+  const auto all = sweep();
+  for (size_t k = 0; k < all.size(); k += 4) cases.push_back(all[k]);
+  cases.push_back(all.back());
+  std::mutex mu;
+  std::vector<std::vector<sparse::OmniReduceStats>> stats(world);
+  spawn(world, [&](comm::Group& g) {
+    const bool server = g.rank() >= p.workers;
+    std::vector<sparse::OmniReduceStats> mine;
+    for (const Case& c : cases) {
+      auto data = server ? std::vector<float>() : input(c, g.rank(), p.workers);
+      sparse::OmniReduceOptions o(g);
+      o.data = data;
+      o.block = c.block;
+      o.blocks_per_message = c.columns;
+      o.slots = c.slots;
+      o.aggregators = p.aggregators;
+      o.servers = p.servers;
+      const auto s = sparse::omnireduce(o);
+      mine.push_back(s);
+      if (server) {
+        EXPECT_EQ(s.blocks_nonzero_local, 0u);
+        continue;
+      }
+      check(c, "omnireduce", g.rank(), data, s, expected(c, g.rank(), p.workers));
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    stats[g.rank()] = std::move(mine);
+  });
+  for (size_t k = 0; k < cases.size(); ++k) {
+    uint64_t sent = 0, received = 0, union_at_servers = 0;
+    for (int r = 0; r < world; ++r) {
+      sent += stats[r][k].bytes_sent;
+      received += stats[r][k].bytes_received;
+      if (r >= p.workers) union_at_servers += stats[r][k].blocks_union;
+    }
+    EXPECT_EQ(sent, received) << cases[k].str();
+    // Dedicated aggregators split the union between them.
+    if (p.servers > 0) EXPECT_EQ(union_at_servers, stats[0][k].blocks_union) << cases[k].str();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Placements, SparsePlacement,
+                         ::testing::Values(Placement{3, 1, 0}, Placement{4, 2, 0},
+                                           Placement{2, 5, 0}, Placement{3, 7, 0},
+                                           Placement{1, 0, 1}, Placement{2, 0, 1},
+                                           Placement{3, 0, 2}, Placement{2, 3, 2},
+                                           Placement{4, 0, 4}),
+                         [](const auto& info) {
+                           const Placement& p = info.param;
+                           return "w" + std::to_string(p.workers) + "a" +
+                                  std::to_string(p.aggregators) + "s" + std::to_string(p.servers);
+                         });
+
+TEST(SparseBadInput, DedicatedAggregatorsTakeNoData) {
+  spawn(2, [](comm::Group& g) {
+    std::vector<float> data(10, 1.0f);
+    sparse::OmniReduceOptions o(g);
+    o.data = data;
+    o.servers = 2;  // no worker left
+    EXPECT_THROW(sparse::omnireduce(o), InvalidArgument);
+    if (g.rank() == 1) {
+      o.servers = 1;  // rank 1 is the aggregator but passes data
+      EXPECT_THROW(sparse::omnireduce(o), InvalidArgument);
+    }
+  });
+}
+
 // Zero blocks never travel: with one shared non-zero block, the data bytes are one block each way
 // per worker and aggregator pair that handles it.
 TEST(SparseBytes, OnlyNonZeroBlocksTravel) {
@@ -362,12 +444,16 @@ TEST(SparseFaults, TimeoutNamesTheSilentRank) {
   EXPECT_NE(what(errors[0]).find("rank(s) 1"), std::string::npos) << what(errors[0]);
 }
 
-// A rank SIGKILLed in the middle of a stream of omnireduces (forked processes, so the kill is
-// real): every survivor fails with an IoError naming it, whether its worker or its aggregator
-// thread noticed, long before the deadline.
-TEST(SparseFaults, KilledRankIsNamedByEverySurvivor) {
+// A worker SIGKILLed in the middle of a stream of omnireduces (forked processes, so the kill is
+// real): every survivor, worker or dedicated aggregator, fails with an IoError naming it, whether
+// its worker or its aggregator thread noticed, long before the deadline. Param: dedicated
+// aggregators (0: colocated).
+class SparseFaults : public ::testing::TestWithParam<int> {};
+
+TEST_P(SparseFaults, KilledWorkerIsNamedByEverySurvivor) {
   using namespace std::chrono_literals;
-  constexpr int kSize = 3;
+  const int servers = GetParam();
+  const int kSize = 3 + servers;
   constexpr int kVictim = 1;
   TempDir dir;
   std::vector<std::pair<pid_t, int>> children;  // pid, read end of the report pipe
@@ -384,11 +470,13 @@ TEST(SparseFaults, KilledRankIsNamedByEverySurvivor) {
         c.n = 1 << 16;
         c.block = 32;
         c.pattern = Pattern::kThirtyPercent;
+        const bool server = r >= 3;
         for (int it = 0; it < 1000000; ++it) {
-          auto data = input(c, r, kSize);
+          auto data = server ? std::vector<float>() : input(c, r, 3);
           sparse::OmniReduceOptions o(*g);
           o.data = data;
           o.block = c.block;
+          o.servers = servers;
           sparse::omnireduce(o);
           if (it == 0) std::ofstream(dir.path() + "/ready." + std::to_string(r)) << "1";
         }
@@ -438,6 +526,57 @@ TEST(SparseFaults, KilledRankIsNamedByEverySurvivor) {
   }
   ::waitpid(children[kVictim].first, nullptr, 0);
   ::close(children[kVictim].second);
+}
+
+INSTANTIATE_TEST_SUITE_P(Placements, SparseFaults, ::testing::Values(0, 2), [](const auto& info) {
+  return info.param ? "dedicated" + std::to_string(info.param) : std::string("colocated");
+});
+
+}  // namespace
+}  // namespace dtrain::test
+
+namespace dtrain::test {
+namespace {
+
+// The reducer averages exactly like the dense one on block-sparse buckets and reports densities.
+TEST(OmniReduceReducer, AveragesAndReportsDensities) {
+  spawn(3, [](comm::Group& g) {
+    auto r = reduce::make_reducer("omnireduce:block=4,slots=1,fusion=2", g);
+    EXPECT_EQ(r->name(), "omnireduce:block=4,aggregators=3,colocate=1,slots=1,fusion=2");
+    std::vector<float> a(40, 0.0f), b(8, 0.0f);
+    // Bucket a: rank k fills block k (blocks 0..2 of 10); bucket b: every rank fills block 1.
+    for (int i = 0; i < 4; ++i) a[4 * g.rank() + i] = 3.0f * float(i + 1);
+    for (int i = 4; i < 8; ++i) b[i] = 3.0f;
+    r->reduce(a, 7);
+    r->reduce(b, 7);
+    for (int i = 0; i < 40; ++i) EXPECT_EQ(a[i], i < 12 ? float(i % 4 + 1) : 0.0f) << i;
+    for (int i = 0; i < 8; ++i) EXPECT_EQ(b[i], i < 4 ? 0.0f : 3.0f) << i;
+    auto m = r->step_metrics();
+    ASSERT_EQ(m.size(), 2u);
+    EXPECT_EQ(m[0].first, "union_density");
+    EXPECT_DOUBLE_EQ(m[0].second, 4.0 / 12.0);  // 3 of a's 10 blocks + 1 of b's 2
+    EXPECT_DOUBLE_EQ(m[1].second, 2.0 / 12.0);
+    EXPECT_GT(r->bytes_sent(), 0u);
+  });
+}
+
+TEST(OmniReduceReducer, BadParametersAreNamed) {
+  spawn(1, [](comm::Group& g) {
+    auto err = [&](const std::string& spec) {
+      try {
+        reduce::make_reducer(spec, g);
+      } catch (const InvalidArgument& e) {
+        return std::string(e.what());
+      }
+      return std::string("no error");
+    };
+    EXPECT_NE(err("omnireduce:block=0").find("block=0"), std::string::npos);
+    EXPECT_NE(err("omnireduce:blok=4").find("valid: block, aggregators"), std::string::npos);
+    EXPECT_NE(err("omnireduce:slots=-1").find("slots=-1"), std::string::npos);
+    EXPECT_NE(err("omnireduce:colocate=0").find("--servers"), std::string::npos);
+    EXPECT_NE(err("omnireduce:block=4,block=8").find("given twice"), std::string::npos);
+    EXPECT_NE(err("omnireduz").find("omnireduce"), std::string::npos);
+  });
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "commands.h"
 #include "dtrain/collective/collective.h"
 #ifdef DTRAIN_WITH_MPI
@@ -35,43 +36,6 @@ struct BenchFlags {
   std::string json;
 };
 
-size_t parse_size(const std::string& s) {
-  size_t pos = 0;
-  double v = 0;
-  try {
-    v = std::stod(s, &pos);
-  } catch (const std::exception&) {
-    throw InvalidArgument("--sizes: '" + s + "' is not a size (e.g. 4K, 64M, 1G)");
-  }
-  std::string unit = s.substr(pos);
-  double mult = 1;
-  if (unit == "K" || unit == "KiB")
-    mult = 1 << 10;
-  else if (unit == "M" || unit == "MiB")
-    mult = 1 << 20;
-  else if (unit == "G" || unit == "GiB")
-    mult = double(1 << 30);
-  else if (!unit.empty() && unit != "B") {
-    throw InvalidArgument("--sizes: unit of '" + s + "' is not one of B, K, M, G");
-  }
-  DT_ENFORCE(v >= 0, "--sizes: '", s, "' is negative");
-  return static_cast<size_t>(v * mult);
-}
-
-std::string human(size_t bytes) {
-  if (bytes >= (1u << 30)) return detail::concat(bytes / double(1u << 30), "G");
-  if (bytes >= (1u << 20)) return detail::concat(bytes / double(1u << 20), "M");
-  if (bytes >= (1u << 10)) return detail::concat(bytes / double(1u << 10), "K");
-  return detail::concat(bytes, "B");
-}
-
-double percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  if (v.empty()) return 0;
-  size_t i = static_cast<size_t>(std::ceil(p * v.size())) - (p > 0 ? 1 : 0);
-  return v[std::min(i, v.size() - 1)];
-}
-
 using RunFn = void (*)(const collective::AllreduceOptions&);
 
 RunFn algo_fn(const std::string& name) {
@@ -91,7 +55,7 @@ RunFn algo_fn(const std::string& name) {
 
 void run_rank(const BenchFlags& f) {
   std::vector<size_t> sizes;
-  for (const auto& s : f.sizes) sizes.push_back(parse_size(s));
+  for (const auto& s : f.sizes) sizes.push_back(parse_size(s, "--sizes"));
   std::vector<RunFn> fns;
   for (const auto& a : f.algos) fns.push_back(algo_fn(a));
   DT_ENFORCE(f.iters >= 1, "--iters must be >= 1, got ", f.iters);
@@ -143,10 +107,7 @@ void run_rank(const BenchFlags& f) {
         fns[a](o);
         double secs = std::chrono::duration<double>(comm::Clock::now() - t0).count();
         // The slowest rank's time is the collective's time.
-        collective::AllreduceOptions m(g);
-        m.output = collective::View(&secs, 1, collective::DataType::kFloat64);
-        m.op = collective::ReduceOp::kMax;
-        collective::allreduce(m);
+        secs = slowest(g, secs);
         if (it >= f.warmup) times[f.algos[a]].push_back(secs);
       }
     }
@@ -160,7 +121,7 @@ void run_rank(const BenchFlags& f) {
       double bound = f.link_gbps > 0 ? 2.0 * (n - 1) / n * bytes * 8 / (f.link_gbps * 1e9) : 0;
       char vsbuf[32];
       std::snprintf(vsbuf, sizeof(vsbuf), gloo_median > 0 ? "%.3fx" : "-", med / gloo_median);
-      std::printf("%-8s %-6s %10.3f %10.3f %10.3f %10.3f %10.3f %9s", human(bytes).c_str(),
+      std::printf("%-8s %-6s %10.3f %10.3f %10.3f %10.3f %10.3f %9s", human_size(bytes).c_str(),
                   name.c_str(), mn * 1e3, med * 1e3, p99 * 1e3, algbw, busbw, vsbuf);
       if (bound > 0) std::printf("  %7.1f%%", 100.0 * bound / med);
       std::printf("\n");

@@ -9,6 +9,9 @@ namespace dtrain::app {
 // `exit_code` receives the command's status (a failed local launch sets it non-zero).
 void add_bench_allreduce(CLI::App& bench, int argc, char** argv, int& exit_code);
 
+// `dtrain bench omnireduce`: the OmniReduce microbenchmark against AGsparse and dense rings.
+void add_bench_omnireduce(CLI::App& bench, int argc, char** argv, int& exit_code);
+
 // `dtrain train` (built with LibTorch).
 void add_train(CLI::App& app, int argc, char** argv, int& exit_code);
 

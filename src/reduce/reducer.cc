@@ -2,6 +2,7 @@
 
 #include "dtrain/collective/allreduce.h"
 #include "dtrain/common/error.h"
+#include "dtrain/reduce/omnireduce.h"
 
 namespace dtrain::reduce {
 
@@ -22,7 +23,7 @@ void DenseReducer::reduce(std::span<float> grad, uint64_t /*step*/) {
 }
 
 std::vector<std::string> reducer_names() {
-  return {"dense"};
+  return {"dense", "omnireduce"};
 }
 
 std::unique_ptr<GradientReducer> make_reducer(const std::string& spec, comm::Group& group) {
@@ -31,6 +32,9 @@ std::unique_ptr<GradientReducer> make_reducer(const std::string& spec, comm::Gro
     DT_ENFORCE(spec == "dense", "--reduce '", spec, "': dense takes no parameters");
     return std::make_unique<DenseReducer>(group);
   }
+  const std::string params =
+      spec.find(':') == std::string::npos ? "" : spec.substr(spec.find(':') + 1);
+  if (name == "omnireduce") return make_omnireduce_reducer(params, group);
   std::string valid;
   for (const auto& n : reducer_names()) valid += (valid.empty() ? "" : ", ") + n;
   throw InvalidArgument("--reduce '" + spec + "': unknown reducer '" + name + "' (valid: " + valid +

@@ -1,10 +1,11 @@
-// OmniReduce entry point: call agreement, block geometry, and the two threads of a rank.
+// OmniReduce entry point: call agreement, block geometry, and the two roles of a rank.
 //
 // Works as follows. The tensor is cut into blocks of `block` floats; a message carries one block
 // from each of `columns` (blocks_per_message) columns. Message rows are dealt round-robin to lanes
 // (aggregator, slot), lane L to aggregator L % A, so each aggregator owns every A-th row and each
-// of its slots walks its own columns. Every rank is a worker, and rank a also runs the aggregator
-// thread for lanes L % A == a. Per lane the protocol is a self-clocked stream of rounds:
+// of its slots walks its own columns. Aggregator a runs on worker a % N (colocated: a thread
+// beside the worker) or on dedicated rank N + a % servers. Per lane the protocol is a
+// self-clocked stream of rounds:
 //   - round 0: each worker sends, unconditionally, its look-ahead per column (first non-zero
 //     block, or kEnd); the aggregator replies with the targets: the minimum look-ahead per column.
 //   - round k: a worker whose look-ahead equals a column's target sends that block and its next
@@ -13,9 +14,10 @@
 //     into a zeroed block, and replies to every worker with the sums and the next targets.
 //   - the lane ends when every target is kEnd. Blocks zero everywhere are never targeted, never
 //     travel, and keep their local zeros.
-// A rank's worker talks to the other ranks' aggregators only: its own aggregator reads this rank's
-// blocks from memory and writes the sums back. The calling thread draws the tag once; requests and
-// replies of lane L use their own sub-channels, so the two threads never share a slot.
+// A worker talks to the aggregators on other ranks only: a colocated aggregator reads its own
+// rank's blocks from memory and writes the sums back. The calling thread draws the tag once;
+// requests and replies of lane L use their own sub-channels, so the two threads never share a
+// slot. A dedicated aggregator learns the tensor size from the call handshake.
 #include "dtrain/sparse/omnireduce.h"
 
 #include <cstring>
@@ -28,12 +30,14 @@
 namespace dtrain::sparse {
 namespace detail {
 
-Layout::Layout(size_t n_, size_t block_, size_t columns_, int workers_, int slots_)
+Layout::Layout(size_t n_, size_t block_, size_t columns_, int workers_, int aggregators_,
+               int servers_, int slots_)
     : n(n_),
       block(block_),
       columns(columns_),
       workers(workers_),
-      aggregators(workers_),
+      aggregators(aggregators_),
+      servers(servers_),
       slots(slots_) {
   blocks = n == 0 ? 0 : (n + block - 1) / block;
   const uint64_t rows = (blocks + columns - 1) / columns;
@@ -49,10 +53,24 @@ bool Layout::valid_pointer(uint64_t lane, size_t c, uint64_t p, uint64_t after) 
   return after == kEnd || p > after;
 }
 
-uint64_t Context::next_nonzero(uint64_t b) const {
-  const auto& nz = *nonzero;
+// Whether any of the len floats is non-zero (-0.0 counts as zero, NaN as non-zero): an OR of the
+// bit patterns without the sign, which the compiler vectorises.
+bool any_nonzero(const float* p, size_t len) {
+  uint32_t acc = 0;
+  for (size_t i = 0; i < len; ++i) {
+    uint32_t u;
+    std::memcpy(&u, p + i, sizeof(u));
+    acc |= u << 1;
+  }
+  return acc != 0;
+}
+
+uint64_t Context::next_nonzero(uint64_t b, uint64_t& found) const {
   for (; b < layout->blocks; b += layout->stride) {
-    if (nz[b]) return b;
+    if (any_nonzero(data.data() + b * layout->block, layout->elems(b))) {
+      ++found;
+      return b;
+    }
   }
   return kEnd;
 }
@@ -71,24 +89,37 @@ void Context::write_block(uint64_t b, const float* in) const {
 
 namespace {
 
+// What a rank brings to a call. A dedicated aggregator does not know n (kUnknown) and adopts
+// the workers'.
 struct CallDescriptor {
+  static constexpr uint64_t kUnknown = UINT64_MAX;
   uint64_t n = 0;
   uint64_t block = 0;
   uint64_t columns = 0;
   uint64_t slots = 0;
-  bool operator==(const CallDescriptor&) const = default;
+  uint64_t aggregators = 0;
+  uint64_t servers = 0;
+  bool agrees_with(const CallDescriptor& o) const {
+    return (n == o.n || n == kUnknown || o.n == kUnknown) && block == o.block &&
+           columns == o.columns && slots == o.slots && aggregators == o.aggregators &&
+           servers == o.servers;
+  }
 };
 
 std::string describe(const CallDescriptor& d) {
-  return dtrain::detail::concat("omnireduce of ", d.n, " floats (block ", d.block, ", ", d.columns,
-                                " blocks per message, ", d.slots, " slots)");
+  return dtrain::detail::concat(
+      "omnireduce of ",
+      d.n == CallDescriptor::kUnknown ? std::string("? (dedicated aggregator)")
+                                      : std::to_string(d.n),
+      " floats (block ", d.block, ", ", d.columns, " blocks per message, ", d.slots, " slots, ",
+      d.aggregators, " aggregators, ", d.servers, " dedicated)");
 }
 
 // Every rank sends its descriptor to every peer and compares all it receives, so each rank of a
 // disagreeing call finds the mismatch itself (a ring check would let a rank with nothing to do
-// return before the others' notice arrives).
-void handshake(comm::Group& g, uint64_t tag, comm::Clock::time_point deadline,
-               const CallDescriptor& mine) {
+// return before the others' notice arrives). Returns the tensor size (rank 0's, a worker's).
+uint64_t handshake(comm::Group& g, uint64_t tag, comm::Clock::time_point deadline,
+                   const CallDescriptor& mine) {
   const int n = g.size();
   const int me = g.rank();
   CallDescriptor out = mine;
@@ -109,12 +140,13 @@ void handshake(comm::Group& g, uint64_t tag, comm::Clock::time_point deadline,
     send_buf->wait_send({"omnireduce", tag, peer, deadline});
   }
   for (int p = 0; p < n; ++p) {
-    if (p == me || theirs[p] == mine) continue;
+    if (p == me || theirs[p].agrees_with(mine)) continue;
     g.fail(
         comm::Group::FailKind::kProtocol, p,
         dtrain::detail::concat("omnireduce (tag ", tag, "): ranks disagree: rank ", p, " called ",
                                describe(theirs[p]), ", rank ", me, " called ", describe(mine)));
   }
+  return me == 0 ? mine.n : theirs[0].n;
 }
 
 // Makes sure a failure on one thread of this rank stops the other one: a failed group aborts
@@ -155,54 +187,76 @@ struct Joiner {
 
 OmniReduceStats omnireduce(const OmniReduceOptions& o) {
   DT_ENFORCE(o.group != nullptr, "omnireduce: no group");
+  comm::Group& g = *o.group;
+  const int size = g.size();
   DT_ENFORCE(o.block > 0 && o.block <= (size_t{1} << 24), "omnireduce: block is ", o.block,
              ", expected 1 .. 2^24 elements");
   DT_ENFORCE(o.blocks_per_message > 0 && o.blocks_per_message <= (size_t{1} << 16),
              "omnireduce: blocks_per_message is ", o.blocks_per_message, ", expected 1 .. 65536");
   DT_ENFORCE(o.slots > 0 && o.slots <= (1 << 16), "omnireduce: slots is ", o.slots,
              ", expected 1 .. 65536");
+  DT_ENFORCE(o.servers >= 0 && o.servers < size, "omnireduce: ", o.servers,
+             " dedicated aggregators in a group of ", size,
+             " ranks (at least one must be a worker)");
+  DT_ENFORCE(o.aggregators >= 0 && o.aggregators <= (1 << 16), "omnireduce: aggregators is ",
+             o.aggregators, ", expected 0 (one per worker or server) .. 65536");
   DT_ENFORCE(o.data.data() != nullptr || o.data.empty(), "omnireduce: data is null");
-  comm::Group& g = *o.group;
-  const int n = g.size();
-  const uint64_t max_lanes = static_cast<uint64_t>(n) * o.slots;
-  DT_ENFORCE(detail::Layout::reply_sub(max_lanes) <= comm::Group::kMaxSub, "omnireduce: ", n,
-             " aggregators x ", o.slots, " slots need more sub-channels than a tag has");
+  const int workers = size - o.servers;
+  const bool is_server = g.rank() >= workers;
+  DT_ENFORCE(!is_server || o.data.empty(), "omnireduce: rank ", g.rank(),
+             " is a dedicated aggregator (the last ", o.servers, " of ", size,
+             " ranks) but was given ", o.data.size(), " floats; aggregators take no data");
+  const int aggregators = o.aggregators ? o.aggregators : (o.servers ? o.servers : workers);
+  const uint64_t max_lanes = static_cast<uint64_t>(aggregators) * o.slots;
+  DT_ENFORCE(detail::Layout::reply_sub(max_lanes) <= comm::Group::kMaxSub,
+             "omnireduce: ", aggregators, " aggregators x ", o.slots,
+             " slots need more sub-channels than a tag has");
 
   const uint64_t tag = o.tag ? o.tag : g.next_tag();
   const auto deadline = g.deadline(o.timeout);
-  if (n > 1)
-    handshake(g, tag, deadline,
-              {o.data.size(), o.block, o.blocks_per_message, static_cast<uint64_t>(o.slots)});
-
-  const detail::Layout layout(o.data.size(), o.block, o.blocks_per_message, n, o.slots);
-  std::vector<uint8_t> nonzero(layout.blocks, 0);
-  OmniReduceStats stats;
-  for (uint64_t b = 0; b < layout.blocks; ++b) {
-    const float* p = o.data.data() + b * layout.block;
-    nonzero[b] = std::any_of(p, p + layout.elems(b), [](float v) { return v != 0.0f; });
-    stats.blocks_nonzero_local += nonzero[b];
+  uint64_t n = o.data.size();
+  if (size > 1) {
+    const CallDescriptor mine{is_server ? CallDescriptor::kUnknown : n,
+                              o.block,
+                              o.blocks_per_message,
+                              static_cast<uint64_t>(o.slots),
+                              static_cast<uint64_t>(aggregators),
+                              static_cast<uint64_t>(o.servers)};
+    n = handshake(g, tag, deadline, mine);
   }
-  if (n == 1) {
+
+  const detail::Layout layout(n, o.block, o.blocks_per_message, workers, aggregators, o.servers,
+                              o.slots);
+  OmniReduceStats stats;
+  const detail::Context ctx{&g, tag, deadline, &layout, o.data};
+  if (size == 1) {
+    for (uint64_t b = 0; b < layout.blocks; ++b) {
+      stats.blocks_nonzero_local +=
+          detail::any_nonzero(o.data.data() + b * o.block, layout.elems(b));
+    }
     stats.blocks_union = stats.blocks_nonzero_local;
     return stats;
   }
 
-  const detail::Context ctx{&g, tag, deadline, &layout, o.data, &nonzero};
   detail::Counters worker_counters, aggregator_counters;
   std::exception_ptr worker_error, aggregator_error;
-  {
-    Joiner aggregator;
-    // Lane L exists for L < lanes, so this rank serves a lane iff its rank is below that.
-    if (static_cast<uint64_t>(g.rank()) < layout.lanes) {
-      aggregator.thread = std::thread([&] {
-        try {
-          detail::run_aggregator(ctx, aggregator_counters);
-        } catch (...) {
-          aggregator_error = std::current_exception();
-          poison(g, aggregator_error);
-        }
-      });
+  bool hosts_lanes = false;
+  for (uint64_t lane = 0; lane < layout.lanes && !hosts_lanes; ++lane) {
+    hosts_lanes = layout.host_of_lane(lane) == g.rank();
+  }
+  auto aggregate = [&] {
+    try {
+      detail::run_aggregator(ctx, aggregator_counters);
+    } catch (...) {
+      aggregator_error = std::current_exception();
+      poison(g, aggregator_error);
     }
+  };
+  if (is_server) {
+    if (hosts_lanes) aggregate();
+  } else {
+    Joiner aggregator;
+    if (hosts_lanes) aggregator.thread = std::thread(aggregate);
     try {
       detail::run_worker(ctx, worker_counters);
     } catch (...) {
@@ -212,7 +266,9 @@ OmniReduceStats omnireduce(const OmniReduceOptions& o) {
   }
   if (worker_error) std::rethrow_exception(worker_error);
   if (aggregator_error) std::rethrow_exception(aggregator_error);
-  stats.blocks_union = worker_counters.blocks_union + aggregator_counters.blocks_union;
+  stats.blocks_union = is_server ? aggregator_counters.blocks_union
+                                 : worker_counters.blocks_union + aggregator_counters.blocks_union;
+  stats.blocks_nonzero_local = worker_counters.blocks_nonzero + aggregator_counters.blocks_nonzero;
   stats.bytes_sent = worker_counters.bytes_sent + aggregator_counters.bytes_sent;
   stats.bytes_received = worker_counters.bytes_received + aggregator_counters.bytes_received;
   return stats;

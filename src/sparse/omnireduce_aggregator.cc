@@ -1,14 +1,14 @@
 // OmniReduce aggregator: sums the blocks of this rank's lanes, one round per lane at a time.
 //
-// Works as follows. Per lane the aggregator keeps every worker's look-ahead per column (its own
-// rank's read from memory, the others' from their requests) and the current targets, the
-// per-column minimum. A worker contributes to a round exactly when its look-ahead equals some
-// target, so the aggregator posts receives of the exact size for those workers only. Each target
-// block is summed into a zeroed block in worker-rank order (so every worker gets the same bits),
-// written into this rank's data and into the reply, which every other worker receives together
-// with the next targets. Replies are double-buffered per lane: round k fills one buffer while the
-// sends of round k-1 from the other may still be in flight. Lanes are served in (round, lane)
-// order, as the workers wait for them (see omnireduce_worker.cc on why that cannot deadlock).
+// Works as follows. Per lane the aggregator keeps every worker's look-ahead per column (when it is
+// colocated, its own rank's read from memory; the others' from their requests) and the current
+// targets, the per-column minimum. A worker contributes to a round exactly when its look-ahead
+// equals some target, so the aggregator posts receives of the exact size for those workers only.
+// Each target block is summed into a zeroed block in worker-rank order (so every worker gets the
+// same bits), written into this rank's data and into the reply, which every other worker receives
+// together with the next targets. Replies are double-buffered per lane: round k fills one buffer
+// while the sends of round k-1 from the other may still be in flight. Lanes are served in (round,
+// lane) order, as the workers wait for them (see omnireduce_worker.cc on why that cannot deadlock).
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -20,7 +20,7 @@ namespace dtrain::sparse::detail {
 namespace {
 
 struct Inbox {
-  std::vector<float> message;
+  Message message;
   std::unique_ptr<comm::Buffer> buf;
   size_t contributed = 0;  // blocks in the request of this round
   size_t used = 0;         // of those, already summed
@@ -34,7 +34,7 @@ struct AggregatorLane {
   std::vector<uint64_t> target;  // per column
   std::vector<uint64_t> ahead;   // workers x columns
   std::vector<Inbox> inbox;      // per worker; unused for this rank
-  std::vector<float> out[2];
+  Message out[2];
   std::unique_ptr<comm::Buffer> out_buf[2];
   int out_pending[2] = {0, 0};
 };
@@ -46,31 +46,33 @@ class Aggregator {
     for (int w = 0; w < l_.workers; ++w) {
       if (w != me_) remote_.push_back(w);
     }
+    is_worker_ = me_ < l_.workers;
     acc_.resize(l_.block);
     mine_.resize(l_.block);
   }
 
   void run() {
     const size_t words = (l_.max_message_bytes() + sizeof(float) - 1) / sizeof(float);
-    for (uint64_t lane = me_; lane < l_.lanes; lane += l_.aggregators) {
+    for (uint64_t lane = 0; lane < l_.lanes; ++lane) {
+      if (l_.host_of_lane(lane) != me_) continue;
       AggregatorLane& a = lanes_.emplace_back();
       a.lane = lane;
       a.target.assign(l_.columns, kEnd);
       a.ahead.assign(static_cast<size_t>(l_.workers) * l_.columns, kEnd);
-      for (size_t c = 0; c < l_.columns; ++c) {
-        ahead(a, me_, c) = ctx_.next_nonzero(l_.first_block(lane, c));
+      for (size_t c = 0; c < l_.columns && is_worker_; ++c) {
+        ahead(a, me_, c) = ctx_.next_nonzero(l_.first_block(lane, c), counters_.blocks_nonzero);
       }
       a.inbox.resize(l_.workers);
       for (int w : remote_) {
         Inbox& in = a.inbox[w];
-        in.message.resize(words);
-        in.buf = g_.buffer(in.message.data(), words * sizeof(float));
+        in.message = make_message(words);
+        in.buf = g_.buffer(in.message.get(), words * sizeof(float));
         in.buf->recv(w, request_slot(a), 0, l_.first_request_bytes());
         in.expected = true;
       }
       for (int b = 0; b < 2; ++b) {
-        a.out[b].resize(words);
-        a.out_buf[b] = g_.buffer(a.out[b].data(), words * sizeof(float));
+        a.out[b] = make_message(words);
+        a.out_buf[b] = g_.buffer(a.out[b].get(), words * sizeof(float));
       }
     }
     size_t remaining = lanes_.size();
@@ -120,8 +122,8 @@ class Aggregator {
     }
     const int b = static_cast<int>(a.round % 2);
     drain(a, b);
-    std::vector<float>& out = a.out[b];
-    float* sums = out.data() + 2 * l_.columns;
+    Message& out = a.out[b];
+    float* sums = out.get() + 2 * l_.columns;
     size_t active = 0;
     if (a.round == 0) {
       for (int w : remote_) {
@@ -136,7 +138,7 @@ class Aggregator {
         const uint64_t t = a.target[c];
         if (t == kEnd) continue;
         sum_block(a, c, t);
-        ctx_.write_block(t, acc_.data());
+        if (is_worker_) ctx_.write_block(t, acc_.data());
         std::memcpy(sums + active * l_.block, acc_.data(), l_.block * sizeof(float));
         ++active;
       }
@@ -184,12 +186,12 @@ class Aggregator {
       if (w == me_) {
         ctx_.read_block(t, mine_.data());
         block = mine_.data();
-        ahead(a, w, c) = ctx_.next_nonzero(t + l_.stride);
+        ahead(a, w, c) = ctx_.next_nonzero(t + l_.stride, counters_.blocks_nonzero);
       } else {
         Inbox& in = a.inbox[w];
         const uint64_t p = get_u64(in.message, in.used);
         if (!l_.valid_pointer(a.lane, c, p, t)) bad_pointer(a, w, c, p, t);
-        block = in.message.data() + 2 * in.contributed + in.used * l_.block;
+        block = in.message.get() + 2 * in.contributed + in.used * l_.block;
         ++in.used;
         ahead(a, w, c) = p;
       }
@@ -202,6 +204,7 @@ class Aggregator {
   comm::Group& g_;
   Counters& counters_;
   const int me_;
+  bool is_worker_ = false;  // colocated: this rank also contributes its own blocks
   std::vector<int> remote_;
   std::vector<AggregatorLane> lanes_;
   std::vector<float> acc_;

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -24,22 +25,29 @@ namespace dtrain::sparse::detail {
 inline constexpr uint64_t kEnd = UINT64_MAX;
 
 // Lane = (aggregator, slot): message row m (blocks m*columns .. m*columns + columns-1) belongs
-// to lane m % (aggregators * slots); lane L is served by aggregator L % aggregators. Column c of
-// lane L holds blocks L*columns + c + j*stride, j = 0, 1, ...
+// to lane m % (aggregators * slots); lane L is served by aggregator L % aggregators, which runs on
+// rank host(aggregator). Column c of lane L holds blocks L*columns + c + j*stride, j = 0, 1, ...
+// Ranks 0 .. workers-1 are workers; ranks from `workers` on, if any, are dedicated aggregators.
 struct Layout {
   size_t n = 0;
   size_t block = 0;
   size_t columns = 0;  // blocks per message
   int workers = 1;
   int aggregators = 1;
+  int servers = 0;
   int slots = 1;
   uint64_t blocks = 0;  // ceil(n / block)
   uint64_t lanes = 0;   // lanes that own at least one message row
   uint64_t stride = 0;  // aggregators * slots * columns
 
-  Layout(size_t n, size_t block, size_t columns, int workers, int slots);
+  Layout(size_t n, size_t block, size_t columns, int workers, int aggregators, int servers,
+         int slots);
 
   int aggregator_of(uint64_t lane) const { return static_cast<int>(lane % aggregators); }
+  int host(int aggregator) const {
+    return servers == 0 ? aggregator % workers : workers + aggregator % servers;
+  }
+  int host_of_lane(uint64_t lane) const { return host(aggregator_of(lane)); }
   uint64_t first_block(uint64_t lane, size_t c) const { return lane * columns + c; }
   size_t elems(uint64_t b) const { return std::min<size_t>(block, n - b * block); }
   // A look-ahead or target a peer may legally name for column c of `lane`, strictly after `after`
@@ -67,29 +75,40 @@ struct Context {
   uint64_t tag = 0;
   comm::Clock::time_point deadline;
   const Layout* layout = nullptr;
-  std::span<float> data;
-  const std::vector<uint8_t>* nonzero = nullptr;  // per block, of this rank's input
+  std::span<float> data;  // empty on a dedicated aggregator
 
-  // First block at or after b (in b's column) that is non-zero here; kEnd if none.
-  uint64_t next_nonzero(uint64_t b) const;
+  // First block at or after b (in b's column) that is non-zero here; kEnd if none. The input is
+  // scanned lazily, column by column as the protocol walks it, so the scan overlaps the
+  // communication and is shared by the worker and aggregator threads (each walks its own lanes,
+  // and only ever past the blocks results were written to). `found` counts the non-zero blocks.
+  uint64_t next_nonzero(uint64_t b, uint64_t& found) const;
   // Copies block b into out (block floats), zero-padding a short last block.
   void read_block(uint64_t b, float* out) const;
   void write_block(uint64_t b, const float* in) const;
 };
 
-// Messages live in float vectors (the blocks); look-aheads and targets are u64 words at the front,
-// copied in and out with memcpy.
-inline uint64_t get_u64(const std::vector<float>& m, size_t i) {
+// Whether any of the len floats is non-zero (-0.0 counts as zero, NaN as non-zero).
+bool any_nonzero(const float* p, size_t len);
+
+// Messages live in float arrays (the blocks, not zero-initialised: only what is sent is written);
+// look-aheads and targets are u64 words at the front, copied in and out with memcpy.
+using Message = std::unique_ptr<float[]>;
+inline Message make_message(size_t words) {
+  return std::make_unique_for_overwrite<float[]>(words);
+}
+
+inline uint64_t get_u64(const Message& m, size_t i) {
   uint64_t v;
-  std::memcpy(&v, reinterpret_cast<const std::byte*>(m.data()) + i * sizeof(uint64_t), sizeof(v));
+  std::memcpy(&v, reinterpret_cast<const std::byte*>(m.get()) + i * sizeof(uint64_t), sizeof(v));
   return v;
 }
 
-inline void put_u64(std::vector<float>& m, size_t i, uint64_t v) {
-  std::memcpy(reinterpret_cast<std::byte*>(m.data()) + i * sizeof(uint64_t), &v, sizeof(v));
+inline void put_u64(Message& m, size_t i, uint64_t v) {
+  std::memcpy(reinterpret_cast<std::byte*>(m.get()) + i * sizeof(uint64_t), &v, sizeof(v));
 }
 
 struct Counters {
+  uint64_t blocks_nonzero = 0;  // of this rank's input, in the lanes this thread walks
   uint64_t blocks_union = 0;
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;

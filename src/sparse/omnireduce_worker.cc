@@ -29,8 +29,8 @@ struct WorkerLane {
   std::vector<uint64_t> ahead;   // this worker's look-ahead per column
   size_t active = 0;             // targets that are not kEnd: sums in the next reply
   // Message memory as floats: u64 look-aheads/targets are copied in and out with memcpy.
-  std::vector<float> request;
-  std::vector<float> reply;
+  Message request;
+  Message reply;
   std::unique_ptr<comm::Buffer> request_buf;
   std::unique_ptr<comm::Buffer> reply_buf;
   bool request_pending = false;
@@ -45,21 +45,21 @@ class Worker {
     const int me = g_.rank();
     const size_t words = (l_.max_message_bytes() + sizeof(float) - 1) / sizeof(float);
     for (uint64_t lane = 0; lane < l_.lanes; ++lane) {
-      if (l_.aggregator_of(lane) == me) continue;
+      if (l_.host_of_lane(lane) == me) continue;
       WorkerLane& w = lanes_.emplace_back();
       w.lane = lane;
-      w.aggregator = l_.aggregator_of(lane);
+      w.aggregator = l_.host_of_lane(lane);
       w.target.assign(l_.columns, kEnd);
       w.ahead.resize(l_.columns);
-      w.request.resize(words);
-      w.reply.resize(words);
-      w.request_buf = g_.buffer(w.request.data(), words * sizeof(float));
-      w.reply_buf = g_.buffer(w.reply.data(), words * sizeof(float));
+      w.request = make_message(words);
+      w.reply = make_message(words);
+      w.request_buf = g_.buffer(w.request.get(), words * sizeof(float));
+      w.reply_buf = g_.buffer(w.reply.get(), words * sizeof(float));
     }
     // Round 0: the first look-aheads, unconditionally.
     for (WorkerLane& w : lanes_) {
       for (size_t c = 0; c < l_.columns; ++c) {
-        w.ahead[c] = ctx_.next_nonzero(l_.first_block(w.lane, c));
+        w.ahead[c] = ctx_.next_nonzero(l_.first_block(w.lane, c), counters_.blocks_nonzero);
         put_u64(w.request, c, w.ahead[c]);
       }
       post_reply(w);
@@ -122,7 +122,7 @@ class Worker {
                                        ", look-ahead of rank ", g_.rank(), " ", w.ahead[c], ")"));
       }
     }
-    const float* sums = w.reply.data() + 2 * l_.columns;
+    const float* sums = w.reply.get() + 2 * l_.columns;
     for (size_t c = 0; c < l_.columns; ++c) {
       if (w.target[c] == kEnd) continue;
       ctx_.write_block(w.target[c], sums);
@@ -148,11 +148,11 @@ class Worker {
     if (w.request_pending) wait_send(w);
     const size_t contributed = contributing_.size();
     // The look-aheads first, then the blocks, both in column order.
-    float* blocks = w.request.data() + 2 * contributed;
+    float* blocks = w.request.get() + 2 * contributed;
     for (size_t i = 0; i < contributed; ++i) {
       const size_t c = contributing_[i];
       ctx_.read_block(w.target[c], blocks + i * l_.block);
-      w.ahead[c] = ctx_.next_nonzero(w.target[c] + l_.stride);
+      w.ahead[c] = ctx_.next_nonzero(w.target[c] + l_.stride, counters_.blocks_nonzero);
       put_u64(w.request, i, w.ahead[c]);
     }
     send_request(w, l_.request_bytes(contributed));

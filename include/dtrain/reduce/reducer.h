@@ -8,6 +8,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dtrain/comm/group.h"
@@ -26,6 +27,10 @@ class GradientReducer {
   // Reducer state saved in checkpoints (e.g. error-feedback residuals); empty by default.
   virtual std::vector<std::byte> save_state() const { return {}; }
   virtual void load_state(std::span<const std::byte> state);
+  // Figures of the latest step worth logging (e.g. ExDyna's achieved density, threshold and
+  // imbalance; OmniReduce's union density), as (name, value) pairs. The trainer writes them into
+  // its per-step metrics records. Empty by default.
+  virtual std::vector<std::pair<std::string, double>> step_metrics() const { return {}; }
 
  protected:
   uint64_t bytes_sent_ = 0;

@@ -1,6 +1,8 @@
 // OmniReduce: an in-place SUM allreduce of a float tensor where only non-zero blocks travel
-// (Fei et al., SIGCOMM 2021; spec in shared/specs/omnireduce.md). Every rank is a worker and also
-// runs an aggregator thread for the blocks it owns (colocated aggregators, A = world size).
+// (Fei et al., SIGCOMM 2021; spec in shared/specs/omnireduce.md). Aggregators own the blocks of
+// every A-th message row. They are colocated (threads inside the worker processes: aggregator a
+// runs on worker a % N) or dedicated (`servers` ranks at the end of the group only aggregate:
+// aggregator a runs on server a % servers).
 //
 // allgather_sparse is the AGsparse baseline: each rank gathers every rank's (index, value) list of
 // non-zero elements and sums the lists in rank order. Both give bit-identical results.
@@ -23,13 +25,18 @@ struct OmniReduceOptions {
   size_t block = 256;       // elements per block; a block travels only where it has a non-zero
   size_t blocks_per_message = 32;  // block fusion: blocks per message (one per column of a slot)
   int slots = 4;                   // slots (messages in flight) per (worker, aggregator)
+  int aggregators = 0;  // aggregator roles A; 0: one per worker (colocated) or per server
+  // Dedicated aggregators: the last `servers` ranks of the group only aggregate. They call
+  // omnireduce() with empty `data` and the same settings; the tensor size comes from the workers.
+  int servers = 0;
 };
 
 struct OmniReduceStats {
   uint64_t blocks_nonzero_local = 0;  // blocks of this rank's input with a non-zero element
-  uint64_t blocks_union = 0;          // blocks non-zero at one worker or more (same on all ranks)
-  uint64_t bytes_sent = 0;            // protocol payload bytes this rank sent (not the handshake)
-  uint64_t bytes_received = 0;        // ... and received
+  uint64_t blocks_union = 0;    // blocks non-zero at one worker or more (same on all workers; on a
+                                // dedicated aggregator, those of its own message rows)
+  uint64_t bytes_sent = 0;      // protocol payload bytes this rank sent (not the handshake)
+  uint64_t bytes_received = 0;  // ... and received
 };
 
 // Collective: every rank calls it with the same size and settings (checked; a disagreement is a

@@ -1,0 +1,71 @@
+// The OmniReduce reducer: one sparse::omnireduce (SUM) per bucket, then the average. The block
+// statistics of every bucket of a step add up to the step's densities, which the trainer logs.
+#include <cmath>
+
+#include "dtrain/common/error.h"
+#include "dtrain/reduce/omnireduce.h"
+#include "dtrain/reduce/params.h"
+
+namespace dtrain::reduce {
+
+OmniReduceReducer::OmniReduceReducer(comm::Group& group, const sparse::OmniReduceOptions& options)
+    : group_(group), options_(options) {
+  options_.group = &group;
+}
+
+std::string OmniReduceReducer::name() const {
+  return detail::concat(
+      "omnireduce:block=", options_.block,
+      ",aggregators=", options_.aggregators ? options_.aggregators : group_.size(),
+      ",colocate=1,slots=", options_.slots, ",fusion=", options_.blocks_per_message);
+}
+
+void OmniReduceReducer::reduce(std::span<float> grad, uint64_t step) {
+  if (step != step_) {
+    if (step_ != UINT64_MAX) {
+      last_blocks_ = blocks_;
+      last_union_ = union_;
+      last_local_ = local_;
+    }
+    step_ = step;
+    blocks_ = union_ = local_ = 0;
+  }
+  sparse::OmniReduceOptions o = options_;
+  o.data = grad;
+  const sparse::OmniReduceStats s = sparse::omnireduce(o);
+  const float inv = 1.0f / static_cast<float>(group_.size());
+  for (float& v : grad) v *= inv;
+  bytes_sent_ += s.bytes_sent;
+  bytes_received_ += s.bytes_received;
+  blocks_ += (grad.size() + options_.block - 1) / options_.block;
+  union_ += s.blocks_union;
+  local_ += s.blocks_nonzero_local;
+}
+
+std::vector<std::pair<std::string, double>> OmniReduceReducer::step_metrics() const {
+  // The current step's figures once it has reduced something, else the previous step's.
+  const bool current = blocks_ > 0;
+  const uint64_t blocks = current ? blocks_ : last_blocks_;
+  if (blocks == 0) return {};
+  return {{"union_density", double(current ? union_ : last_union_) / double(blocks)},
+          {"local_density", double(current ? local_ : last_local_) / double(blocks)}};
+}
+
+std::unique_ptr<GradientReducer> make_omnireduce_reducer(const std::string& params,
+                                                         comm::Group& group) {
+  const Params p =
+      parse_params("omnireduce", params, {"block", "aggregators", "colocate", "slots", "fusion"});
+  sparse::OmniReduceOptions o(group);
+  o.block = p.get_size("block", o.block, 1, size_t{1} << 24);
+  o.aggregators = static_cast<int>(p.get_size("aggregators", 0, 0, 1 << 16));
+  o.slots = static_cast<int>(p.get_size("slots", static_cast<size_t>(o.slots), 1, 1 << 16));
+  o.blocks_per_message = p.get_size("fusion", o.blocks_per_message, 1, size_t{1} << 16);
+  const size_t colocate = p.get_size("colocate", 1, 0, 1);
+  DT_ENFORCE(colocate == 1,
+             "--reduce omnireduce: colocate=0 (dedicated aggregator ranks) is offered by `dtrain "
+             "bench omnireduce --servers N`; training runs its aggregators inside the workers "
+             "(colocate=1)");
+  return std::make_unique<OmniReduceReducer>(group, o);
+}
+
+}  // namespace dtrain::reduce
