@@ -67,6 +67,8 @@ void gloo_allreduce(const AllreduceOptions& o) {
       case DataType::kInt64:
         run<int64_t>(o, tag);
         break;
+      case DataType::kFloat16:
+        throw InvalidArgument("gloo allreduce baseline: float16 is not supported (our ring is)");
     }
   } catch (const Error&) {
     throw;

@@ -22,8 +22,10 @@ MPI_Datatype mpi_type(DataType t) {
       return MPI_INT32_T;
     case DataType::kInt64:
       return MPI_INT64_T;
+    case DataType::kFloat16:
+      break;
   }
-  return MPI_DATATYPE_NULL;
+  throw InvalidArgument(detail::concat("mpi allreduce baseline: ", name(t), " is not supported"));
 }
 
 MPI_Op mpi_op(ReduceOp op) {

@@ -8,6 +8,8 @@ namespace dtrain::collective {
 
 size_t element_size(DataType t) {
   switch (t) {
+    case DataType::kFloat16:
+      return 2;
     case DataType::kFloat32:
     case DataType::kInt32:
       return 4;
@@ -28,6 +30,8 @@ const char* name(DataType t) {
       return "int32";
     case DataType::kInt64:
       return "int64";
+    case DataType::kFloat16:
+      return "float16";
   }
   return "unknown";
 }
@@ -54,12 +58,15 @@ ReduceOp parse_reduce_op(const std::string& s) {
 }
 
 DataType parse_data_type(const std::string& s) {
-  for (auto t : {DataType::kFloat32, DataType::kFloat64, DataType::kInt32, DataType::kInt64}) {
+  for (auto t : {DataType::kFloat32, DataType::kFloat64, DataType::kInt32, DataType::kInt64,
+                 DataType::kFloat16}) {
     if (s == name(t)) return t;
   }
   if (s == "float") return DataType::kFloat32;
   if (s == "double") return DataType::kFloat64;
-  throw InvalidArgument("data type '" + s + "' is not one of float32, float64, int32, int64");
+  if (s == "f16" || s == "half") return DataType::kFloat16;
+  throw InvalidArgument("data type '" + s +
+                        "' is not one of float32, float64, int32, int64, float16 (f16)");
 }
 
 namespace {
@@ -82,6 +89,48 @@ void max(void* dst, const void* src, size_t n) {
   T* __restrict d = static_cast<T*>(dst);
   const T* __restrict s = static_cast<const T*>(src);
   for (size_t i = 0; i < n; ++i) d[i] = s[i] > d[i] ? s[i] : d[i];
+}
+
+// Half precision: combine in float, round back to half. A float holds the exact sum of two halves
+// to within one rounding, and float's 24 bits >= 2*11+2 make that double rounding innocuous, so
+// sums are correctly rounded halves.
+void sum_f16(void* dst, const void* src, size_t n) {
+  uint16_t* d = static_cast<uint16_t*>(dst);
+  const uint16_t* s = static_cast<const uint16_t*>(src);
+  for (size_t i = 0; i < n; ++i) d[i] = float_to_half(half_to_float(d[i]) + half_to_float(s[i]));
+}
+void min_f16(void* dst, const void* src, size_t n) {
+  uint16_t* d = static_cast<uint16_t*>(dst);
+  const uint16_t* s = static_cast<const uint16_t*>(src);
+  for (size_t i = 0; i < n; ++i) {
+    if (half_to_float(s[i]) < half_to_float(d[i])) d[i] = s[i];
+  }
+}
+void max_f16(void* dst, const void* src, size_t n) {
+  uint16_t* d = static_cast<uint16_t*>(dst);
+  const uint16_t* s = static_cast<const uint16_t*>(src);
+  for (size_t i = 0; i < n; ++i) {
+    if (half_to_float(s[i]) > half_to_float(d[i])) d[i] = s[i];
+  }
+}
+
+ReduceFn pick_f16(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg:
+      return &sum_f16;
+    case ReduceOp::kMin:
+      return &min_f16;
+    case ReduceOp::kMax:
+      return &max_f16;
+  }
+  DT_THROW(InvalidArgument, "unknown reduction ", static_cast<uint32_t>(op));
+}
+
+void scale_f16(void* data, size_t n, int divisor) {
+  uint16_t* d = static_cast<uint16_t*>(data);
+  const float inv = 1.0f / static_cast<float>(divisor);
+  for (size_t i = 0; i < n; ++i) d[i] = float_to_half(half_to_float(d[i]) * inv);
 }
 
 template <typename T>
@@ -121,6 +170,8 @@ ReduceFn reduce_fn(DataType t, ReduceOp op) {
       return pick<int32_t>(op);
     case DataType::kInt64:
       return pick<int64_t>(op);
+    case DataType::kFloat16:
+      return pick_f16(op);
   }
   DT_THROW(InvalidArgument, "unknown data type ", static_cast<uint32_t>(t));
 }
@@ -135,6 +186,8 @@ void scale_down(void* data, size_t n, DataType t, int divisor) {
       return scale<int32_t>(data, n, divisor);
     case DataType::kInt64:
       return scale<int64_t>(data, n, divisor);
+    case DataType::kFloat16:
+      return scale_f16(data, n, divisor);
   }
 }
 
