@@ -12,6 +12,9 @@ void add_bench_allreduce(CLI::App& bench, int argc, char** argv, int& exit_code)
 // `dtrain bench omnireduce`: the OmniReduce microbenchmark against AGsparse and dense rings.
 void add_bench_omnireduce(CLI::App& bench, int argc, char** argv, int& exit_code);
 
+// `dtrain bench compress`: ExDyna selection vs exact top-k and the compressors, one core.
+void add_bench_compress(CLI::App& bench, int argc, char** argv, int& exit_code);
+
 // `dtrain train` (built with LibTorch).
 void add_train(CLI::App& app, int argc, char** argv, int& exit_code);
 

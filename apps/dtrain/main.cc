@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
       app.add_subcommand("bench", "Measure collectives and compressors against baselines");
   bench->require_subcommand(1);
   dtrain::app::add_bench_allreduce(*bench, argc, argv, exit_code);
+  dtrain::app::add_bench_compress(*bench, argc, argv, exit_code);
   dtrain::app::add_bench_omnireduce(*bench, argc, argv, exit_code);
   try {
     dtrain::log::init(-1, 0);

@@ -1,0 +1,165 @@
+// ExDyna (Yoon & Oh, CCGrid'24): gradient sparsification with exclusive dynamic partitions and an
+// online threshold. Each bucket is cut into fine-grained blocks grouped into one contiguous
+// partition per worker; in step t worker r selects only inside partition (t + r) mod n, with a
+// one-pass |g| >= lambda test, so the workers' index sets never overlap. Three collectives move a
+// step: counts (allgather), indices (allgatherv), values at the union (allreduce). See
+// ../shared/specs/exdyna.md and src/reduce/exdyna.cc.
+//
+// The pure pieces (blocks and partitions, threshold selection, the threshold controller) are
+// exposed here for tests and for `dtrain bench compress`.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dtrain/reduce/reducer.h"
+
+namespace dtrain::reduce {
+
+struct ExDynaOptions {
+  double density = 0.01;  // target k / d, in (0, 1]
+  size_t blocks = 1024;   // B: fine-grained blocks per bucket (fewer for buckets < 32 B floats)
+  double up = 1.005;      // threshold gain when too many were sent (r > band)
+  double down = 0.995;    // threshold gain when too few were sent (r < 1 / band)
+  double band = 1.1;      // dead band of r = k_sent / k around 1
+  double balance = 1.05;  // boundaries move for counts outside [avg / balance, avg * balance]
+  // Largest threshold step per iteration when r is outside the band: lambda moves by
+  // r^(1/8) capped at [1/fast, fast] where that exceeds the fixed gains, so it catches up with a
+  // residual that builds up over the first ~1/density steps (the spec's 0.5% per step needs
+  // hundreds). 1: the spec's fixed gains only.
+  double fast = 1.1;
+  // First threshold: kAutoLambda (default) measures it on the first step: every worker takes the
+  // (k/n)-th largest magnitude of its partition, and the workers average those (one extra
+  // allreduce of one float, once per bucket), so the density is on target from the start;
+  // 0 ("spec"): the spec's 1 / (2 sqrt(k)), which the gains take hundreds of steps to correct on
+  // real gradients; > 0: that value.
+  static constexpr double kAutoLambda = -1;
+  double lambda0 = kAutoLambda;
+};
+
+// Parses what follows "exdyna:": "" (defaults), "0.01" (the density), or key=value pairs
+// "density=0.01,blocks=1024,up=1.005,down=0.995,band=1.1,balance=1.05,fast=1.1,lambda0=auto|spec|X".
+// Throws InvalidArgument naming the bad parameter or value and listing the valid ones.
+ExDynaOptions parse_exdyna_options(const std::string& params);
+
+namespace exdyna {
+
+// Blocks and partitions of a vector of d elements. Blocks hold block_size() elements (a multiple
+// of 32, at least 32), the last block also the remainder; a vector shorter than 32 * max_blocks
+// gets d / 32 blocks (one block when d < 64). Partition p owns the contiguous blocks
+// [first_block(p), first_block(p + 1)); partitions start even and are never smaller than
+// min_blocks() = max(1, blocks / (4n)). A bucket with fewer blocks than partitions leaves some
+// partitions empty (min_blocks() is 0 then).
+class Partitions {
+ public:
+  Partitions() = default;
+  Partitions(size_t d, size_t max_blocks, int n);
+  // Restores saved boundaries (n + 1 block indices); throws InvalidArgument unless they start at
+  // 0, end at num_blocks and never decrease.
+  Partitions(size_t d, size_t block_size, std::vector<size_t> boundaries);
+
+  size_t size() const { return d_; }
+  int count() const { return static_cast<int>(bounds_.size()) - 1; }
+  size_t block_size() const { return block_size_; }
+  size_t num_blocks() const { return num_blocks_; }
+  size_t min_blocks() const { return min_blocks_; }
+  size_t first_block(int p) const { return bounds_[p]; }
+  size_t blocks_in(int p) const { return bounds_[p + 1] - bounds_[p]; }
+  // Element range [begin(p), end(p)) of partition p.
+  size_t begin(int p) const { return block_begin(bounds_[p]); }
+  size_t end(int p) const { return block_begin(bounds_[p + 1]); }
+  const std::vector<size_t>& boundaries() const { return bounds_; }
+
+  // The spec's dynamic allocation from last step's per-partition counts: with avg = sum / n, for
+  // each adjacent pair (i, i + 1) in order, if c_i > balance * avg and c_{i+1} < avg / balance
+  // partition i gives its last block to i + 1, and symmetrically; a partition never drops below
+  // min_blocks(). Returns the number of boundaries moved.
+  int rebalance(std::span<const uint64_t> counts, double balance = 1.05);
+
+ private:
+  size_t block_begin(size_t b) const { return b >= num_blocks_ ? d_ : b * block_size_; }
+
+  size_t d_ = 0;
+  size_t block_size_ = 0;
+  size_t num_blocks_ = 0;
+  size_t min_blocks_ = 0;
+  std::vector<size_t> bounds_{0};
+};
+
+// Appends to `out` the indices i in [begin, end) with |values[i]| >= lambda, in increasing order,
+// in one pass (NaN is never selected). `out` is not cleared.
+void select_threshold(std::span<const float> values, size_t begin, size_t end, float lambda,
+                      std::vector<uint32_t>& out);
+void select_threshold(std::span<const float> values, size_t begin, size_t end, float lambda,
+                      std::vector<uint64_t>& out);
+
+// The index of the first element of largest magnitude in [begin, end) (begin < end).
+size_t argmax_abs(std::span<const float> values, size_t begin, size_t end);
+
+// lambda_0 = 1 / (2 sqrt(k)) with k = density * d (at least 1).
+double initial_threshold(double density, size_t d);
+// The online scaling rule: r = k_sent / k; lambda * up if r > band, lambda * down if
+// r < 1 / band, else lambda.
+double next_threshold(double lambda, uint64_t k_sent, double k, const ExDynaOptions& o);
+
+}  // namespace exdyna
+
+// The exdyna reducer. State is kept per bucket, keyed by the call's index within a step (the
+// engine reduces buckets in the same order every step); a bucket whose size differs from its
+// state's is an InvalidArgument. A worker whose partition has nothing above lambda sends the
+// partition's largest-magnitude element alone. Non-finite gradients are not filtered here (NaN
+// is never selected and stays in the residual): the engine checks every bucket before reduce.
+// Bytes count the payload of the ring collectives per rank (see exdyna.cc). The threshold moves
+// by the gains per step only, so a lambda_0 a factor f off needs about ln(f) / ln(up) steps to
+// reach the target density: hence the measured first threshold (lambda0=auto) by default.
+class ExDynaReducer : public GradientReducer {
+ public:
+  struct Bucket {
+    exdyna::Partitions partitions;
+    std::vector<float> residual;          // error feedback; after reduce, compensated minus sent
+    double threshold = 0;                 // lambda of the next step
+    std::vector<uint64_t> worker_counts;  // indices each rank sent in the latest step
+    uint64_t k_sent = 0;                  // their sum
+  };
+
+  ExDynaReducer(comm::Group& group, ExDynaOptions options);
+  void reduce(std::span<float> grad, uint64_t step) override;
+  std::string name() const override { return "exdyna"; }
+  std::vector<std::byte> save_state() const override;
+  void load_state(std::span<const std::byte> state) override;
+  // Over the buckets of the latest step: "density" (k_sent / d), "density_target", "threshold"
+  // (the lambda used, size-weighted mean over buckets), "imbalance" (n * sum of the per-bucket
+  // maximum count / k_sent - 1) and "k_sent".
+  std::vector<std::pair<std::string, double>> step_metrics() const override;
+
+  const ExDynaOptions& options() const { return options_; }
+  size_t num_buckets() const { return buckets_.size(); }
+  const Bucket& bucket(size_t i) const { return buckets_.at(i); }
+
+ private:
+  double measured_threshold(std::span<const float> c, size_t begin, size_t end);
+  template <typename Index>
+  void reduce_bucket(Bucket& b, std::span<float> grad, uint64_t step, std::vector<Index>& mine,
+                     std::vector<Index>& all);
+
+  comm::Group& group_;
+  ExDynaOptions options_;
+  std::vector<Bucket> buckets_;
+  bool in_step_ = false;
+  uint64_t step_ = 0;
+  size_t next_bucket_ = 0;
+  // Scratch reused across calls: own and gathered indices (32-bit while d < 2^32), values.
+  std::vector<uint32_t> mine32_, all32_;
+  std::vector<uint64_t> mine64_, all64_;
+  std::vector<float> values_;
+  struct StepFigures {
+    double d = 0, k_sent = 0, max_sum = 0, weighted_threshold = 0;
+  } figures_;
+};
+
+std::unique_ptr<GradientReducer> make_exdyna_reducer(const std::string& params, comm::Group& group);
+
+}  // namespace dtrain::reduce
