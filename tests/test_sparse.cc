@@ -301,7 +301,9 @@ TEST_P(SparsePlacement, MatchesTheDenseSum) {
     }
     EXPECT_EQ(sent, received) << cases[k].str();
     // Dedicated aggregators split the union between them.
-    if (p.servers > 0) EXPECT_EQ(union_at_servers, stats[0][k].blocks_union) << cases[k].str();
+    if (p.servers > 0) {
+      EXPECT_EQ(union_at_servers, stats[0][k].blocks_union) << cases[k].str();
+    }
   }
 }
 

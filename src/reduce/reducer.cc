@@ -2,6 +2,8 @@
 
 #include "dtrain/collective/allreduce.h"
 #include "dtrain/common/error.h"
+#include "dtrain/reduce/compressed.h"
+#include "dtrain/reduce/exdyna.h"
 #include "dtrain/reduce/omnireduce.h"
 
 namespace dtrain::reduce {
@@ -23,7 +25,9 @@ void DenseReducer::reduce(std::span<float> grad, uint64_t /*step*/) {
 }
 
 std::vector<std::string> reducer_names() {
-  return {"dense", "omnireduce"};
+  std::vector<std::string> names = {"dense", "omnireduce", "exdyna"};
+  for (const auto& n : compressed_reducer_names()) names.push_back(n);
+  return names;
 }
 
 std::unique_ptr<GradientReducer> make_reducer(const std::string& spec, comm::Group& group) {
@@ -35,6 +39,10 @@ std::unique_ptr<GradientReducer> make_reducer(const std::string& spec, comm::Gro
   const std::string params =
       spec.find(':') == std::string::npos ? "" : spec.substr(spec.find(':') + 1);
   if (name == "omnireduce") return make_omnireduce_reducer(params, group);
+  if (name == "exdyna") return make_exdyna_reducer(params, group);
+  for (const auto& n : compressed_reducer_names()) {
+    if (name == n) return make_compressed_reducer(spec, group);
+  }
   std::string valid;
   for (const auto& n : reducer_names()) valid += (valid.empty() ? "" : ", ") + n;
   throw InvalidArgument("--reduce '" + spec + "': unknown reducer '" + name + "' (valid: " + valid +

@@ -303,14 +303,17 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
       progress.step(epoch, s, l, step * double(o.batch_size) * world / std::max(elapsed, 1e-9), mb);
       if (step % o.log_every == 0) {
         double mean_loss = global_mean(l, g);
-        metrics.write({{"kind", "step"},
-                       {"epoch", epoch},
-                       {"step", step},
-                       {"time_s", elapsed},
-                       {"loss", mean_loss},
-                       {"samples", (step - start.step) * int64_t(o.batch_size) * world},
-                       {"bytes_sent", eng.reducer().bytes_sent()},
-                       {"bytes_recv", eng.reducer().bytes_received()}});
+        nlohmann::json record = {{"kind", "step"},
+                                 {"epoch", epoch},
+                                 {"step", step},
+                                 {"time_s", elapsed},
+                                 {"loss", mean_loss},
+                                 {"samples", (step - start.step) * int64_t(o.batch_size) * world},
+                                 {"bytes_sent", eng.reducer().bytes_sent()},
+                                 {"bytes_recv", eng.reducer().bytes_received()}};
+        // The reducer's own figures of this step (rank 0's: densities, thresholds, ...).
+        for (const auto& [key, value] : eng.reducer().step_metrics()) record[key] = value;
+        metrics.write(record);
       }
       if (o.checkpoint_every > 0 && step % o.checkpoint_every == 0) {
         checkpoint(epoch, s + 1, step);

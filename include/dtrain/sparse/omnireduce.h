@@ -23,8 +23,8 @@ struct OmniReduceOptions {
   comm::Millis timeout{0};  // 0: the group's default
   std::span<float> data;    // in-place SUM over all workers
   size_t block = 256;       // elements per block; a block travels only where it has a non-zero
-  size_t blocks_per_message = 32;  // block fusion: blocks per message (one per column of a slot)
-  int slots = 4;                   // slots (messages in flight) per (worker, aggregator)
+  size_t blocks_per_message = 256;  // block fusion: blocks per message (one per column of a slot)
+  int slots = 2;                    // slots (messages in flight) per (worker, aggregator)
   int aggregators = 0;  // aggregator roles A; 0: one per worker (colocated) or per server
   // Dedicated aggregators: the last `servers` ranks of the group only aggregate. They call
   // omnireduce() with empty `data` and the same settings; the tensor size comes from the workers.
