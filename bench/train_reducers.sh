@@ -44,12 +44,18 @@ for spec in ${reducers//,/ }; do
   dir="$out/${spec//[:=,]/_}"
   rm -rf "$dir"
   args=(train --model "$model" --reduce "$spec" --epochs "$epochs" --quiet --out "$dir" "${extra[@]}")
+  status=0
   if [[ -n "$netns" ]]; then
-    bench/netns.sh -n "$workers" -r "$netns" -- "$PWD/build/dtrain" "${args[@]}" > "$dir.log" 2>&1
+    bench/netns.sh -n "$workers" -r "$netns" -- "$PWD/build/dtrain" "${args[@]}" > "$dir.log" 2>&1 || status=$?
   else
-    build/dtrain "${args[@]}" --workers "$workers" > "$dir.log" 2>&1
+    build/dtrain "${args[@]}" --workers "$workers" > "$dir.log" 2>&1 || status=$?
   fi
   m="$dir/metrics.jsonl"
+  if [[ $status -ne 0 ]] || ! grep -q '"kind":"final"' "$m" 2>/dev/null; then
+    # A run that fails (e.g. diverges: non-finite gradients) is a result too: show why.
+    printf '%-26s %9s  %s\n' "$spec" failed "$(grep -m1 'error:' "$dir.log" | sed 's/.*error: //')"
+    continue
+  fi
   acc=$(final "$m" test_accuracy); mb=$(final "$m" bytes_sent); sps=$(final "$m" samples_per_s)
   printf '%-26s %8.2f%% %12.1f %11.0f  %s\n' "$spec" "$(awk -v a="$acc" 'BEGIN { print 100 * a }')" \
     "$(awk -v b="$mb" 'BEGIN { print b / 1e6 }')" "$sps" "$(figures "$m")"

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -138,11 +137,7 @@ void run_rank(const BenchFlags& f) {
     }
     std::fflush(stdout);
   }
-  if (g.rank() == 0 && !f.json.empty()) {
-    std::ofstream out(f.json);
-    if (!out) throw IoError("cannot write --json file " + f.json);
-    out << results.dump(2) << "\n";
-  }
+  if (g.rank() == 0 && !f.json.empty()) write_json_file(f.json, results);
 }
 
 }  // namespace

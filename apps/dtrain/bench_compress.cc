@@ -19,7 +19,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -275,11 +274,7 @@ void run(const CompressFlags& f) {
                               {"topk_over_exdyna", ratio},
                               {"exdyna_imbalance", imbalance}});
   }
-  if (!f.json.empty()) {
-    std::ofstream file(f.json);
-    if (!file) throw IoError("cannot write --json file " + f.json);
-    file << out.dump(2) << "\n";
-  }
+  if (!f.json.empty()) write_json_file(f.json, out);
 }
 
 }  // namespace

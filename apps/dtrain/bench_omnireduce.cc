@@ -16,7 +16,6 @@
 //     and sends N U / D.
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -231,11 +230,7 @@ void run_rank(const Flags& f) {
     }
     std::fflush(stdout);
   }
-  if (g.rank() == 0 && !f.json.empty()) {
-    std::ofstream out(f.json);
-    if (!out) throw IoError("cannot write --json file " + f.json);
-    out << results.dump(2) << "\n";
-  }
+  if (g.rank() == 0 && !f.json.empty()) write_json_file(f.json, results);
 }
 
 }  // namespace

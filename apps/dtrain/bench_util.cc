@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 
 #include "dtrain/collective/allreduce.h"
 #include "dtrain/common/error.h"
@@ -56,6 +57,13 @@ double slowest(comm::Group& g, double secs) {
   m.op = collective::ReduceOp::kMax;
   collective::allreduce(m);
   return secs;
+}
+
+void write_json_file(const std::string& path, const nlohmann::json& results) {
+  std::ofstream out(path);
+  out << results.dump(2) << "\n";
+  out.close();
+  if (!out) throw IoError("cannot write --json file " + path);
 }
 
 }  // namespace dtrain::app

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -19,5 +20,7 @@ std::string human_size(size_t bytes);
 double percentile(std::vector<double> v, double p);
 // The maximum of `secs` over the ranks of g (every rank gets it).
 double slowest(comm::Group& g, double secs);
+// Writes `results` (indented) to the --json file at path; IoError naming it if that fails.
+void write_json_file(const std::string& path, const nlohmann::json& results);
 
 }  // namespace dtrain::app
