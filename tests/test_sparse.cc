@@ -251,7 +251,8 @@ INSTANTIATE_TEST_SUITE_P(WorldSizes, Sparse, ::testing::Values(1, 2, 3, 4, 5, 8)
                          [](const auto& info) { return "n" + std::to_string(info.param); });
 
 // Placements: colocated with fewer, equal or more aggregators than workers, and dedicated
-// aggregator ranks (the last `servers` ranks, which pass no data), on a subset of the sweep.
+// aggregator ranks (the last `servers` ranks, which pass no data), on a subset of the sweep; each
+// call is repeated without the handshake (verify = false), as a reducer repeats its buckets.
 struct Placement {
   int workers;
   int aggregators;  // 0: one per worker or server
@@ -283,11 +284,20 @@ TEST_P(SparsePlacement, MatchesTheDenseSum) {
       o.servers = p.servers;
       const auto s = sparse::omnireduce(o);
       mine.push_back(s);
+      // The same call again without the handshake (verified at first use), as a reducer does.
+      auto again = server ? std::vector<float>() : input(c, g.rank(), p.workers);
+      o.data = again;
+      o.verify = false;
+      o.server_count = c.n;
+      const auto s2 = sparse::omnireduce(o);
       if (server) {
         EXPECT_EQ(s.blocks_nonzero_local, 0u);
+        EXPECT_EQ(s2.blocks_union, s.blocks_union);
         continue;
       }
-      check(c, "omnireduce", g.rank(), data, s, expected(c, g.rank(), p.workers));
+      const Expected e = expected(c, g.rank(), p.workers);
+      check(c, "omnireduce", g.rank(), data, s, e);
+      check(c, "omnireduce unverified", g.rank(), again, s2, e);
     }
     std::lock_guard<std::mutex> lock(mu);
     stats[g.rank()] = std::move(mine);

@@ -157,6 +157,9 @@ void run_rank(const Flags& f) {
           o.data = data;
           o.block = f.block;
           if (algo == "omni") o.servers = f.servers;
+          // The call handshake runs at the first (checked) use of the shape, as in training.
+          o.verify = it < 0;
+          o.server_count = count;
           if (f.blocks_per_message) o.blocks_per_message = f.blocks_per_message;
           if (f.slots) o.slots = f.slots;
           auto st = algo == "omni" ? sparse::omnireduce(o) : sparse::allgather_sparse(o);

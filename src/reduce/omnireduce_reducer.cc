@@ -32,6 +32,8 @@ void OmniReduceReducer::reduce(std::span<float> grad, uint64_t step) {
   }
   sparse::OmniReduceOptions o = options_;
   o.data = grad;
+  // Buckets keep their sizes step after step: the handshake checks each size at first use.
+  o.verify = verified_.insert(grad.size()).second;
   const sparse::OmniReduceStats s = sparse::omnireduce(o);
   const float inv = 1.0f / static_cast<float>(group_.size());
   for (float& v : grad) v *= inv;

@@ -214,8 +214,8 @@ OmniReduceStats omnireduce(const OmniReduceOptions& o) {
 
   const uint64_t tag = o.tag ? o.tag : g.next_tag();
   const auto deadline = g.deadline(o.timeout);
-  uint64_t n = o.data.size();
-  if (size > 1) {
+  uint64_t n = is_server ? o.server_count : o.data.size();
+  if (size > 1 && o.verify) {
     const CallDescriptor mine{is_server ? CallDescriptor::kUnknown : n,
                               o.block,
                               o.blocks_per_message,

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <set>
 #include <string>
 
 #include "dtrain/reduce/reducer.h"
@@ -25,6 +26,7 @@ class OmniReduceReducer : public GradientReducer {
  private:
   comm::Group& group_;
   sparse::OmniReduceOptions options_;
+  std::set<size_t> verified_;  // bucket sizes whose call handshake passed: verified at first use
   uint64_t step_ = UINT64_MAX;
   uint64_t blocks_ = 0, union_ = 0, local_ = 0;                 // of the current step
   uint64_t last_blocks_ = 0, last_union_ = 0, last_local_ = 0;  // of the last finished step

@@ -29,6 +29,14 @@ struct OmniReduceOptions {
   // Dedicated aggregators: the last `servers` ranks of the group only aggregate. They call
   // omnireduce() with empty `data` and the same settings; the tensor size comes from the workers.
   int servers = 0;
+  // The call handshake (every rank checks every other's size and settings, a ProtocolError naming
+  // both on a mismatch) costs one all-to-all exchange of small messages. A caller that repeats a
+  // call it has verified before (same size and settings on every rank, e.g. the same bucket each
+  // step) may skip it; if the ranks then disagree, they fail at the deadline instead.
+  bool verify = true;
+  // Dedicated aggregators called with verify = false: the workers' tensor size (with the
+  // handshake they learn it from the workers and this is ignored).
+  size_t server_count = 0;
 };
 
 struct OmniReduceStats {
