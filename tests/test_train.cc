@@ -148,10 +148,15 @@ TEST(Convergence, EmbedOnSyntheticClickThroughData) {
   EXPECT_GE(r[0].test_accuracy, 0.70) << "embed on a learnable synthetic ground truth";
 }
 
-TEST(Resume, InterruptedAndResumedEqualsUninterrupted) {
+// Param: the reducer. Error-feedback reducers keep a residual per rank, which the checkpoint must
+// hold for every rank (not only rank 0's) for the resumed run to match.
+class Resume : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Resume, InterruptedAndResumedEqualsUninterrupted) {
   if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
   TempDir dir;
   auto o = small_run("mlp");
+  o.reduce = GetParam();
   o.train_subset = 2000;  // 31 steps per epoch with 2 workers x 32: the run crosses an epoch
   o.epochs = 3;
   o.out_dir = dir.path() + "/whole";
@@ -179,6 +184,12 @@ TEST(Resume, InterruptedAndResumedEqualsUninterrupted) {
   EXPECT_TRUE(fs::exists(dir.path() + "/parts/metrics.jsonl"));
   EXPECT_TRUE(fs::exists(dir.path() + "/whole/config.json"));
 }
+
+INSTANTIATE_TEST_SUITE_P(Reducers, Resume, ::testing::Values("dense", "topk:0.05", "exdyna:0.05"),
+                         [](const auto& info) {
+                           std::string name = info.param.substr(0, info.param.find(':'));
+                           return name;
+                         });
 
 TEST(BadInput, NamesTheFlagAndTheChoices) {
   auto expect_invalid = [](train::TrainOptions o, const std::string& needle) {

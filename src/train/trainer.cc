@@ -16,6 +16,7 @@
 #include <dlfcn.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -169,6 +170,73 @@ void write_timeline(const engine::Timeline& timeline, const std::string& path, c
   if (!out) throw IoError("cannot write --timeline file " + path);
 }
 
+// Reducer states differ per rank (error-feedback residuals are each rank's own), so a checkpoint
+// keeps all of them: rank 0 collects every rank's state into one blob,
+//   "DTRS" u32 magic, u32 version 1, u64 world, then per rank u64 size + bytes,
+// or an empty blob when no rank has state (dense). Every rank calls this at the same points.
+constexpr uint32_t kReducerStatesMagic = 0x53525444;  // "DTRS" little-endian
+
+std::vector<std::byte> gather_reducer_states(comm::Group& g, const std::vector<std::byte>& mine) {
+  const uint64_t tag = g.next_tag();
+  if (g.rank() != 0) {
+    g.send(0, tag, mine);
+    return {};
+  }
+  std::vector<std::vector<std::byte>> all(g.size());
+  all[0] = mine;
+  bool any = !mine.empty();
+  for (int r = 1; r < g.size(); ++r) {
+    all[r] = g.recv(r, tag).bytes;
+    any |= !all[r].empty();
+  }
+  if (!any) return {};
+  std::vector<std::byte> blob;
+  auto put = [&](const void* p, size_t n) {
+    const auto* b = static_cast<const std::byte*>(p);
+    blob.insert(blob.end(), b, b + n);
+  };
+  const uint32_t head[2] = {kReducerStatesMagic, 1};
+  const uint64_t world = static_cast<uint64_t>(g.size());
+  put(head, sizeof(head));
+  put(&world, sizeof(world));
+  for (const auto& s : all) {
+    const uint64_t n = s.size();
+    put(&n, sizeof(n));
+    put(s.data(), s.size());
+  }
+  return blob;
+}
+
+// This rank's part of a blob written by gather_reducer_states (empty blob: no state).
+std::vector<std::byte> own_reducer_state(const std::vector<std::byte>& blob, int rank, int world,
+                                         const std::string& path) {
+  if (blob.empty()) return {};
+  size_t at = 0;
+  auto get = [&](void* p, size_t n) {
+    DT_ENFORCE(at + n <= blob.size(), "--resume ", path, ": the reducer state is truncated");
+    std::memcpy(p, blob.data() + at, n);
+    at += n;
+  };
+  uint32_t head[2];
+  uint64_t n_ranks = 0;
+  get(head, sizeof(head));
+  DT_ENFORCE(head[0] == kReducerStatesMagic && head[1] == 1, "--resume ", path,
+             ": the reducer state is not in a format this version reads");
+  get(&n_ranks, sizeof(n_ranks));
+  DT_ENFORCE(n_ranks == static_cast<uint64_t>(world), "--resume ", path,
+             ": the reducer state holds ", n_ranks, " ranks, this job has ", world);
+  std::vector<std::byte> mine;
+  for (int r = 0; r < world; ++r) {
+    uint64_t n = 0;
+    get(&n, sizeof(n));
+    DT_ENFORCE(n <= blob.size() - at, "--resume ", path, ": the reducer state is truncated");
+    if (r == rank) mine.assign(blob.begin() + at, blob.begin() + at + n);
+    at += n;
+  }
+  DT_ENFORCE(at == blob.size(), "--resume ", path, ": the reducer state has trailing bytes");
+  return mine;
+}
+
 }  // namespace
 
 TrainResult train(const TrainOptions& o, comm::Group& g) {
@@ -212,7 +280,8 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
                start.world_size, " workers, this job has ", world);
     DT_ENFORCE(start.model == o.model, "--resume ", o.resume, ": the checkpoint holds model '",
                start.model, "', not '", o.model, "'");
-    eng.reducer().load_state(reducer_state);
+    eng.reducer().load_state(
+        own_reducer_state(reducer_state, g.rank(), world, o.resume + "/checkpoint.pt"));
   }
   torchx::broadcast_parameters(*model, g);
   torchx::attach_hooks(*model, eng);
@@ -224,9 +293,11 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
     metrics = MetricsLog(out_dir, !o.resume.empty());
   }
   auto checkpoint = [&](int epoch, int64_t position, int64_t step) {
-    if (!lead || out_dir.empty()) return;
+    if (out_dir.empty()) return;
+    const auto states = gather_reducer_states(g, eng.reducer().save_state());
+    if (!lead) return;
     CheckpointMeta m{step, epoch, position, o.seed, world, o.model, o.reduce};
-    save_checkpoint(out_dir + "/checkpoint.pt", m, *model, *optimizer, eng.reducer().save_state());
+    save_checkpoint(out_dir + "/checkpoint.pt", m, *model, *optimizer, states);
   };
 
   const int64_t n_train = d.x_train.size(0);
