@@ -338,6 +338,8 @@ TEST(ExDynaReducer, RejectsBadParameters) {
   EXPECT_NE(message("blocks=2.5").find("out of range"), std::string::npos);
   EXPECT_NE(message("down=1.5").find("out of range"), std::string::npos);
   EXPECT_NE(message("lambda0=-1").find("out of range"), std::string::npos);
+  EXPECT_NE(message("momentum=1").find("momentum=1 is out of range ([0, 1))"), std::string::npos);
+  EXPECT_EQ(reduce::parse_exdyna_options("density=0.01,momentum=0.9").momentum, 0.9);
   EXPECT_NE(message("densty=0.1").find("unknown parameter 'densty'"), std::string::npos);
   EXPECT_NE(message("densty=0.1").find("density, blocks, up, down, band, balance, fast, lambda0"),
             std::string::npos);
@@ -352,43 +354,48 @@ TEST(ExDynaReducer, StateRoundTripRestoresTheTrajectory) {
     for (size_t i = 0; i < v.size(); ++i) v[i] = input_value(rank, t, b, i);
     return v;
   };
-  spawn(2, [&](comm::Group& g) {
-    ExDynaOptions opts;
-    opts.density = 0.05;
-    ExDynaReducer a(g, opts);
-    for (int t = 0; t < 10; ++t) {
-      for (size_t b = 0; b < sizes.size(); ++b) {
-        auto v = fill(g.rank(), t, b);
-        a.reduce(v, t);
+  for (double momentum : {0.0, 0.9}) {
+    SCOPED_TRACE("momentum " + std::to_string(momentum));
+    spawn(2, [&](comm::Group& g) {
+      ExDynaOptions opts;
+      opts.density = 0.05;
+      opts.momentum = momentum;
+      ExDynaReducer a(g, opts);
+      for (int t = 0; t < 10; ++t) {
+        for (size_t b = 0; b < sizes.size(); ++b) {
+          auto v = fill(g.rank(), t, b);
+          a.reduce(v, t);
+        }
       }
-    }
-    const auto state = a.save_state();
-    ExDynaReducer restored(g, opts);
-    restored.load_state(state);
-    for (int t = 10; t < 15; ++t) {
-      for (size_t b = 0; b < sizes.size(); ++b) {
-        auto va = fill(g.rank(), t, b), vb = va;
-        a.reduce(va, t);
-        restored.reduce(vb, t);
-        ASSERT_EQ(0, std::memcmp(va.data(), vb.data(), va.size() * sizeof(float)))
-            << "step " << t << " bucket " << b;
+      const auto state = a.save_state();
+      ExDynaReducer restored(g, opts);
+      restored.load_state(state);
+      for (int t = 10; t < 15; ++t) {
+        for (size_t b = 0; b < sizes.size(); ++b) {
+          auto va = fill(g.rank(), t, b), vb = va;
+          a.reduce(va, t);
+          restored.reduce(vb, t);
+          ASSERT_EQ(0, std::memcmp(va.data(), vb.data(), va.size() * sizeof(float)))
+              << "step " << t << " bucket " << b;
+        }
+        EXPECT_EQ(a.step_metrics(), restored.step_metrics());
       }
-      EXPECT_EQ(a.step_metrics(), restored.step_metrics());
-    }
-    // Truncated, padded or foreign state is refused, and the reducer keeps its own.
-    auto truncated = std::span<const std::byte>(state).first(state.size() - 1);
-    EXPECT_THROW(restored.load_state(truncated), InvalidArgument);
-    auto padded = state;
-    padded.push_back(std::byte{0});
-    EXPECT_THROW(restored.load_state(padded), InvalidArgument);
-    EXPECT_THROW(restored.load_state(std::vector<std::byte>(64, std::byte{1})), InvalidArgument);
-    EXPECT_EQ(restored.num_buckets(), sizes.size());
-    // A bucket whose size no longer matches its saved state.
-    ExDynaReducer resized(g, opts);
-    resized.load_state(state);
-    std::vector<float> wrong(4095, 0.0f);
-    EXPECT_THROW(resized.reduce(wrong, 20), InvalidArgument);
-  });
+      // Truncated, padded or foreign state is refused, and the reducer keeps its own.
+      auto truncated = std::span<const std::byte>(state).first(state.size() - 1);
+      EXPECT_THROW(restored.load_state(truncated), InvalidArgument);
+      auto padded = state;
+      padded.push_back(std::byte{0});
+      EXPECT_THROW(restored.load_state(padded), InvalidArgument);
+      EXPECT_THROW(restored.load_state(std::vector<std::byte>(64, std::byte{1})), InvalidArgument);
+      EXPECT_EQ(restored.num_buckets(), sizes.size());
+      // A bucket whose size no longer matches its saved state.
+      ExDynaReducer resized(g, opts);
+      resized.load_state(state);
+      std::vector<float> wrong(4095, 0.0f);
+      EXPECT_THROW(resized.reduce(wrong, 20), InvalidArgument);
+      EXPECT_EQ(restored.bucket(0).velocity.size(), momentum > 0 ? sizes[0] : 0u);
+    });
+  }
   std::vector<std::byte> one_rank_state;
   spawn(1, [&](comm::Group& g) {
     ExDynaReducer r(g, ExDynaOptions{});
@@ -399,6 +406,73 @@ TEST(ExDynaReducer, StateRoundTripRestoresTheTrajectory) {
   spawn(2, [&](comm::Group& g) {
     ExDynaReducer r(g, ExDynaOptions{});
     EXPECT_THROW(r.load_state(one_rank_state), InvalidArgument);
+  });
+}
+
+TEST(ExDynaReducer, MomentumCorrectionAccumulatesVelocityAndMasksWhatWasSent) {
+  // DGC's momentum correction, checked per rank against the state before each step:
+  // u' = m u + g, c = r + u'; where the union was sent r and u are zero and the update is the
+  // average of c; elsewhere r = c and u = u'.
+  const float m = 0.9f;
+  const size_t d = 4096;
+  const int n = 2;
+  std::vector<std::vector<std::vector<float>>> sent_c(n);  // [rank][step] c at every index
+  std::vector<std::vector<std::vector<float>>> updates(n);
+  std::vector<std::vector<std::vector<char>>> masks(n);
+  spawn(n, [&](comm::Group& g) {
+    ExDynaOptions opts;
+    opts.density = 0.05;
+    opts.momentum = m;
+    ExDynaReducer reducer(g, opts);
+    EXPECT_TRUE(reducer.applies_momentum());
+    std::vector<float> r(d, 0.0f), u(d, 0.0f);
+    for (int t = 0; t < 12; ++t) {
+      std::vector<float> grad(d);
+      for (size_t i = 0; i < d; ++i) grad[i] = input_value(g.rank(), t, 0, i);
+      std::vector<float> c(d), u_next(d);
+      for (size_t i = 0; i < d; ++i) {
+        u_next[i] = m * u[i] + grad[i];
+        c[i] = r[i] + u_next[i];
+      }
+      reducer.reduce(grad, t);
+      const auto& b = reducer.bucket(0);
+      std::vector<char> mask(d, 0);
+      size_t sent = 0;
+      for (size_t i = 0; i < d; ++i) {
+        if (grad[i] != 0.0f) {
+          mask[i] = 1;
+          ++sent;
+          ASSERT_EQ(b.residual[i], 0.0f) << "step " << t << " index " << i;
+          ASSERT_EQ(b.velocity[i], 0.0f) << "step " << t << " index " << i;
+        } else {
+          ASSERT_EQ(b.residual[i], c[i]) << "step " << t << " index " << i;
+          ASSERT_EQ(b.velocity[i], u_next[i]) << "step " << t << " index " << i;
+        }
+      }
+      ASSERT_GT(sent, 0u) << "step " << t;
+      sent_c[g.rank()].push_back(c);
+      updates[g.rank()].push_back(grad);
+      masks[g.rank()].push_back(mask);
+      r = b.residual;
+      u = b.velocity;
+    }
+  });
+  // The sent coordinates are the same on both ranks and carry the average of their c.
+  for (size_t t = 0; t < sent_c[0].size(); ++t) {
+    ASSERT_EQ(masks[0][t], masks[1][t]) << "step " << t;
+    for (size_t i = 0; i < d; ++i) {
+      if (!masks[0][t][i]) continue;
+      const float avg = (sent_c[0][t][i] + sent_c[1][t][i]) / 2;
+      ASSERT_NEAR(updates[0][t][i], avg, 1e-6f * (1 + std::fabs(avg))) << "step " << t;
+    }
+  }
+  // momentum = 0 keeps no velocity and leaves momentum to the optimizer.
+  spawn(1, [&](comm::Group& g) {
+    ExDynaReducer plain(g, reduce::parse_exdyna_options("0.05"));
+    EXPECT_FALSE(plain.applies_momentum());
+    std::vector<float> v(d, 1.0f);
+    plain.reduce(v, 0);
+    EXPECT_TRUE(plain.bucket(0).velocity.empty());
   });
 }
 

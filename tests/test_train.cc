@@ -210,6 +210,10 @@ TEST(BadInput, NamesTheFlagAndTheChoices) {
   o.schedule = "bucketed";
   expect_invalid(o, "single, wfbp, fused");
   o = small_run("mlp");
+  o.reduce = "exdyna:density=0.05,momentum=0.9";
+  o.optimizer = "momentum";
+  expect_invalid(o, "use --optimizer sgd");
+  o = small_run("mlp");
   o.epochs = 0;
   expect_invalid(o, "--epochs");
   o = small_run("mlp");

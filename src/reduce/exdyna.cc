@@ -33,7 +33,8 @@ namespace {
 
 using collective::DataType;
 
-const char* const kValidParams = "density, blocks, up, down, band, balance, fast, lambda0";
+const char* const kValidParams =
+    "density, blocks, up, down, band, balance, fast, lambda0, momentum";
 
 double parse_number(const std::string& key, const std::string& value) {
   size_t used = 0;
@@ -94,14 +95,14 @@ struct Reader {
     DT_ENFORCE(count <= (bytes.size() - at) / sizeof(T), "exdyna state: ", what, " claims ", count,
                " elements, only ", bytes.size() - at, " bytes left");
     std::vector<T> v(count);
-    std::memcpy(v.data(), bytes.data() + at, count * sizeof(T));
+    if (count > 0) std::memcpy(v.data(), bytes.data() + at, count * sizeof(T));
     at += count * sizeof(T);
     return v;
   }
 };
 
 constexpr uint32_t kStateMagic = 0x45584459;  // "EXDY"
-constexpr uint32_t kStateVersion = 1;
+constexpr uint32_t kStateVersion = 2;         // 2 added the velocity; 1 is still read
 
 template <typename Index>
 constexpr DataType index_dtype() {
@@ -156,6 +157,9 @@ ExDynaOptions parse_exdyna_options(const std::string& params) {
     } else if (key == "balance") {
       check_range(x >= 1, key, x, ">= 1");
       o.balance = x;
+    } else if (key == "momentum") {
+      check_range(x >= 0 && x < 1, key, x, "[0, 1)");
+      o.momentum = x;
     } else if (key == "lambda0") {
       check_range(x >= 0, key, x, ">= 0, auto or spec (0 = spec: 1 / (2 sqrt(k)))");
       o.lambda0 = x;
@@ -202,6 +206,7 @@ void ExDynaReducer::reduce(std::span<float> grad, uint64_t step) {
     Bucket b;
     b.partitions = exdyna::Partitions(grad.size(), options_.blocks, group_.size());
     b.residual.assign(grad.size(), 0.0f);
+    if (options_.momentum > 0) b.velocity.assign(grad.size(), 0.0f);
     b.threshold = options_.lambda0 > 0    ? options_.lambda0
                   : options_.lambda0 == 0 ? exdyna::initial_threshold(options_.density, grad.size())
                                           : 0.0;  // measured on the first step (reduce_bucket)
@@ -212,6 +217,9 @@ void ExDynaReducer::reduce(std::span<float> grad, uint64_t step) {
   DT_ENFORCE(b.residual.size() == grad.size(), "exdyna: bucket ", index, " of step ", step, " has ",
              grad.size(), " elements, but its state (residual, partitions) was made for ",
              b.residual.size(), "; buckets must keep their sizes and order across steps");
+  DT_ENFORCE(b.velocity.empty() || b.velocity.size() == grad.size(), "exdyna: bucket ", index,
+             " has a velocity of ", b.velocity.size(), " elements for ", grad.size());
+  if (options_.momentum > 0 && b.velocity.empty()) b.velocity.assign(grad.size(), 0.0f);
   if (grad.empty()) return;  // every rank has the same bucket sizes, so none communicates
   if (grad.size() <= std::numeric_limits<uint32_t>::max()) {
     reduce_bucket(b, grad, step, mine32_, all32_);
@@ -227,9 +235,19 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
   const int rank = group_.rank();
   const size_t d = grad.size();
   float* c = b.residual.data();
-  for (size_t i = 0; i < d; ++i) {  // grad is cleared in the same pass; the update lands later
-    c[i] += grad[i];
-    grad[i] = 0.0f;
+  float* u = b.velocity.empty() ? nullptr : b.velocity.data();
+  if (u != nullptr) {  // momentum correction: the residual accumulates the velocity
+    const auto m = static_cast<float>(options_.momentum);
+    for (size_t i = 0; i < d; ++i) {
+      u[i] = m * u[i] + grad[i];
+      c[i] += u[i];
+      grad[i] = 0.0f;
+    }
+  } else {
+    for (size_t i = 0; i < d; ++i) {  // grad is cleared in the same pass; the update lands later
+      c[i] += grad[i];
+      grad[i] = 0.0f;
+    }
   }
 
   const int part = static_cast<int>((step % n + rank) % n);
@@ -280,6 +298,9 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
     grad[all[j]] = values_[j] / static_cast<float>(n);
     c[all[j]] = 0.0f;
   }
+  if (u != nullptr) {  // momentum factor masking
+    for (size_t j = 0; j < k_sent; ++j) u[all[j]] = 0.0f;
+  }
 
   // Figures of this step, then the adaptation for the next one.
   uint64_t max_count = 0;
@@ -318,7 +339,8 @@ std::vector<std::pair<std::string, double>> ExDynaReducer::step_metrics() const 
 }
 
 // Layout: magic, version, n, bucket count; per bucket: d, block size, n + 1 boundaries,
-// threshold, n worker counts, d residual floats. Native byte order (checkpoints are read back on
+// threshold, n worker counts, d residual floats, u64 velocity size (0 or d; since version 2) and
+// the velocity floats. Native byte order (checkpoints are read back on
 // the machine kind that wrote them).
 std::vector<std::byte> ExDynaReducer::save_state() const {
   Writer w;
@@ -333,15 +355,19 @@ std::vector<std::byte> ExDynaReducer::save_state() const {
     w.put(b.threshold);
     w.put_all(b.worker_counts);
     w.put_all(b.residual);
+    w.put(static_cast<uint64_t>(b.velocity.size()));
+    w.put_all(b.velocity);
   }
   return std::move(w.bytes);
 }
 
 void ExDynaReducer::load_state(std::span<const std::byte> state) {
   Reader r{state};
-  DT_ENFORCE(r.get<uint32_t>("magic") == kStateMagic && r.get<uint32_t>("version") == kStateVersion,
-             "exdyna state: not an exdyna version ", kStateVersion,
-             " checkpoint (was it written with another --reduce?)");
+  const auto magic = r.get<uint32_t>("magic");
+  const auto version = r.get<uint32_t>("version");
+  DT_ENFORCE(magic == kStateMagic && (version == 1 || version == kStateVersion),
+             "exdyna state: not an exdyna checkpoint of version 1 to ", kStateVersion,
+             " (was it written with another --reduce?)");
   const uint32_t n = r.get<uint32_t>("world size");
   DT_ENFORCE(n == static_cast<uint32_t>(group_.size()), "exdyna state: written by ", n,
              " ranks, this run has ", group_.size());
@@ -358,6 +384,12 @@ void ExDynaReducer::load_state(std::span<const std::byte> state) {
     b.worker_counts = r.get_all<uint64_t>(n, "worker counts");
     for (uint64_t k : b.worker_counts) b.k_sent += k;
     b.residual = r.get_all<float>(d, "residual");
+    if (version >= 2) {
+      const auto v = r.get<uint64_t>("velocity size");
+      DT_ENFORCE(v == 0 || v == d, "exdyna state: bucket ", i, " has a velocity of ", v,
+                 " elements for ", d);
+      b.velocity = r.get_all<float>(v, "velocity");
+    }
     buckets.push_back(std::move(b));
   }
   DT_ENFORCE(r.at == state.size(), "exdyna state: ", state.size() - r.at, " bytes left over after ",

@@ -266,6 +266,10 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
 
   engine::Timeline timeline(!o.timeline.empty());
   auto reducer = reduce::make_reducer(o.reduce, g);
+  DT_ENFORCE(!reducer->applies_momentum() || o.optimizer == "sgd", "--reduce ", o.reduce,
+             " applies momentum inside the reducer (momentum correction); use --optimizer sgd with "
+             "it, not '",
+             o.optimizer, "', or drop momentum= from --reduce");
   engine::GradientEngine eng(torchx::param_infos(*model), engine::Schedule::parse(o.schedule),
                              std::move(reducer), engine::parse_on_nonfinite(o.on_nonfinite),
                              &timeline);

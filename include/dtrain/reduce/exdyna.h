@@ -38,10 +38,17 @@ struct ExDynaOptions {
   // real gradients; > 0: that value.
   static constexpr double kAutoLambda = -1;
   double lambda0 = kAutoLambda;
+  // Momentum correction (Lin et al., "Deep Gradient Compression", ICLR 2018), in [0, 1): 0 (the
+  // default) leaves momentum to the optimizer. m > 0 keeps a local velocity u = m u + g per rank
+  // and feeds u (not g) into the residual; u is zeroed where the union was sent (momentum factor
+  // masking), so a coordinate's delayed update is not amplified again by a momentum optimizer
+  // that only sees it once. Train with --optimizer sgd then (the trainer refuses momentum twice).
+  double momentum = 0;
 };
 
 // Parses what follows "exdyna:": "" (defaults), "0.01" (the density), or key=value pairs
-// "density=0.01,blocks=1024,up=1.005,down=0.995,band=1.1,balance=1.05,fast=1.1,lambda0=auto|spec|X".
+// "density=0.01,blocks=1024,up=1.005,down=0.995,band=1.1,balance=1.05,fast=1.1,lambda0=auto|spec|X,
+// momentum=0".
 // Throws InvalidArgument naming the bad parameter or value and listing the valid ones.
 ExDynaOptions parse_exdyna_options(const std::string& params);
 
@@ -120,6 +127,7 @@ class ExDynaReducer : public GradientReducer {
   struct Bucket {
     exdyna::Partitions partitions;
     std::vector<float> residual;          // error feedback; after reduce, compensated minus sent
+    std::vector<float> velocity;          // momentum correction's u (empty when momentum = 0)
     double threshold = 0;                 // lambda of the next step
     std::vector<uint64_t> worker_counts;  // indices each rank sent in the latest step
     uint64_t k_sent = 0;                  // their sum
@@ -134,6 +142,7 @@ class ExDynaReducer : public GradientReducer {
   // (the lambda used, size-weighted mean over buckets), "imbalance" (n * sum of the per-bucket
   // maximum count / k_sent - 1) and "k_sent".
   std::vector<std::pair<std::string, double>> step_metrics() const override;
+  bool applies_momentum() const override { return options_.momentum > 0; }
 
   const ExDynaOptions& options() const { return options_; }
   size_t num_buckets() const { return buckets_.size(); }

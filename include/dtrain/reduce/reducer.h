@@ -31,6 +31,9 @@ class GradientReducer {
   // imbalance; OmniReduce's union density), as (name, value) pairs. The trainer writes them into
   // its per-step metrics records. Empty by default.
   virtual std::vector<std::pair<std::string, double>> step_metrics() const { return {}; }
+  // True if the reducer applies momentum itself (momentum correction): the optimizer must not
+  // apply it a second time.
+  virtual bool applies_momentum() const { return false; }
 
  protected:
   uint64_t bytes_sent_ = 0;
