@@ -5,8 +5,8 @@
 # then `dtrain report` draws the plots (loss vs time, accuracy vs bytes, phases).
 #   bench/train_reducers.sh [--netns RATE] [--model mlp] [--epochs 2] [--workers 4]
 #                           [--reducers dense,fp16,topk:0.01,...] [--out DIR] [-- extra train flags]
-# A --reducers list with a space in it is split on spaces, so specs may hold commas:
-#   --reducers "dense topk:0.01 exdyna:density=0.01,momentum=0.9"
+# In --reducers, an item with '=' but no ':' continues the spec before it, so
+#   --reducers dense,topk:0.01,exdyna:density=0.01,momentum=0.9   is three specs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +42,15 @@ figures() {
 
 dirs=()
 printf '%-26s %9s %12s %11s  %s\n' reduce accuracy "MB sent/rank" samples/s "reducer figures (last step)"
-if [[ "$reducers" == *" "* ]]; then read -r -a specs <<< "$reducers"; else IFS=, read -r -a specs <<< "$reducers"; fi
+specs=()
+IFS=, read -r -a items <<< "$reducers"
+for item in "${items[@]}"; do
+  if [[ "$item" == *=* && "$item" != *:* && ${#specs[@]} -gt 0 ]]; then
+    specs[-1]+=",$item"
+  else
+    specs+=("$item")
+  fi
+done
 for spec in "${specs[@]}"; do
   dir="$out/${spec//[:=,]/_}"
   rm -rf "$dir"

@@ -6,17 +6,21 @@
 //  2. Select: indices i of partition (t + r) mod n with |c_i| >= lambda, one pass. If none, the
 //     partition's largest-magnitude element is sent alone, so a worker with a non-empty partition
 //     never sends nothing (a partition is empty only in buckets of fewer blocks than ranks).
-//  3. Exchange: allgather of the counts (int64), allgatherv of the indices (uint32 while
+//     With L > 1 levels the pass collects the candidates at the lowest level lambda_0 of
+//     lambda * spacing^j and counts them at every level (a histogram of the few candidates).
+//  3. Exchange: allgather of the counts (int64; L per rank, after which every rank picks the
+//     level whose total is nearest to k and drops its candidates below it), allgatherv of the
+//     indices (uint32 while
 //     d < 2^32, else 64-bit) into the union U, laid out in rank order; the partitions are
 //     disjoint, so U has no duplicates. Each rank gathers its own c at U, allreduce (SUM) of that
 //     value vector, divide by n: every rank holds bit-identical averages.
 //  4. Apply: grad[U] = average (zero elsewhere); residual[U] = 0 (error feedback).
 //  5. Adapt, identically everywhere from the gathered counts: lambda follows the online scaling
-//     rule; the partitions rebalance from the per-partition counts (partition (t + w) mod n sent
-//     worker w's count).
-// Bytes (payload, per rank, our ring collectives): counts (n - 1) * 8 each way; indices: sent the
-// union less rank r + 1's block, received the union less its own; values 2 (n - 1) / n * |U| * 4
-// each way, as DenseReducer counts a ring allreduce.
+//     rule (L = 1) or becomes the level picked (L > 1); the partitions rebalance from the
+//     per-partition counts (partition (t + w) mod n sent worker w's count).
+// Bytes (payload, per rank, our ring collectives): counts (n - 1) * L * 8 each way; indices: sent
+// the union less rank r + 1's block, received the union less its own; values 2 (n - 1) / n * |U| *
+// 4 each way, as DenseReducer counts a ring allreduce.
 #include "dtrain/reduce/exdyna.h"
 
 #include <algorithm>
@@ -34,7 +38,7 @@ namespace {
 using collective::DataType;
 
 const char* const kValidParams =
-    "density, blocks, up, down, band, balance, fast, lambda0, momentum";
+    "density, blocks, up, down, band, balance, fast, lambda0, levels, spacing, momentum";
 
 double parse_number(const std::string& key, const std::string& value) {
   size_t used = 0;
@@ -157,6 +161,12 @@ ExDynaOptions parse_exdyna_options(const std::string& params) {
     } else if (key == "balance") {
       check_range(x >= 1, key, x, ">= 1");
       o.balance = x;
+    } else if (key == "levels") {
+      check_range(x >= 1 && x <= 64 && x == std::floor(x), key, x, "a whole number in [1, 64]");
+      o.levels = static_cast<int>(x);
+    } else if (key == "spacing") {
+      check_range(x > 1 && x <= 2, key, x, "(1, 2]");
+      o.spacing = x;
     } else if (key == "momentum") {
       check_range(x >= 0 && x < 1, key, x, "[0, 1)");
       o.momentum = x;
@@ -253,24 +263,46 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
   const int part = static_cast<int>((step % n + rank) % n);
   const size_t begin = b.partitions.begin(part), end = b.partitions.end(part);
   if (b.threshold == 0.0) b.threshold = measured_threshold(b.residual, begin, end);
-  const float lambda = static_cast<float>(b.threshold);
+  // One pass collects the candidates at the lowest level; each level's count goes to the others.
+  const int levels = options_.levels;
+  const std::vector<float> thresholds =
+      exdyna::level_thresholds(b.threshold, levels, options_.spacing);
   mine.clear();
-  exdyna::select_threshold(b.residual, begin, end, lambda, mine);
+  exdyna::select_threshold(b.residual, begin, end, thresholds[0], mine);
+  std::vector<int64_t> level_counts(static_cast<size_t>(n) * levels, 0);
+  std::span<int64_t> own_counts(level_counts.data() + static_cast<size_t>(rank) * levels, levels);
+  exdyna::count_levels<Index>(b.residual, mine, thresholds, own_counts);
+  if (begin < end) {  // a worker with a partition sends at least its largest element
+    for (int64_t& count : own_counts) count = std::max<int64_t>(count, 1);
+  }
+  collective::AllgatherOptions ag(group_);
+  ag.output = level_counts;
+  collective::allgather(ag);
+  std::vector<int64_t> totals(levels, 0);
+  for (int w = 0; w < n; ++w) {
+    for (int j = 0; j < levels; ++j) {
+      const int64_t count = level_counts[static_cast<size_t>(w) * levels + j];
+      DT_ENFORCE_AS(ProtocolError, count >= 0 && static_cast<uint64_t>(count) <= d, "exdyna: rank ",
+                    w, " announced ", count, " indices for a bucket of ", d);
+      totals[j] += count;
+    }
+  }
+  const int level = exdyna::nearest_level(totals, options_.density * static_cast<double>(d));
+  const float lambda = thresholds[level];
+  if (level > 0) {
+    std::erase_if(mine, [&](Index i) { return !(std::fabs(c[i]) >= lambda); });
+  }
   if (mine.empty() && begin < end) {
     mine.push_back(static_cast<Index>(exdyna::argmax_abs(b.residual, begin, end)));
   }
-
-  std::vector<int64_t> counts(n, 0);
-  counts[rank] = static_cast<int64_t>(mine.size());
-  collective::AllgatherOptions ag(group_);
-  ag.output = counts;
-  collective::allgather(ag);
+  std::vector<int64_t> counts(n);
   uint64_t k_sent = 0;
   for (int w = 0; w < n; ++w) {
-    DT_ENFORCE_AS(ProtocolError, counts[w] >= 0 && static_cast<uint64_t>(counts[w]) <= d,
-                  "exdyna: rank ", w, " announced ", counts[w], " indices for a bucket of ", d);
+    counts[w] = level_counts[static_cast<size_t>(w) * levels + level];
     k_sent += static_cast<uint64_t>(counts[w]);
   }
+  DT_ENFORCE(counts[rank] == static_cast<int64_t>(mine.size()), "exdyna: rank ", rank, " counted ",
+             counts[rank], " indices at level ", level, " but selected ", mine.size());
   collective::AllgathervOptions agv(group_);
   agv.input = collective::ConstView(mine.data(), mine.size(), index_dtype<Index>());
   agv.counts.assign(counts.begin(), counts.end());
@@ -314,13 +346,15 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
   figures_.d += static_cast<double>(d);
   figures_.k_sent += static_cast<double>(k_sent);
   figures_.max_sum += static_cast<double>(n) * static_cast<double>(max_count);
-  figures_.weighted_threshold += b.threshold * static_cast<double>(d);
-  b.threshold = exdyna::next_threshold(b.threshold, k_sent, options_.density * d, options_);
+  figures_.weighted_threshold += static_cast<double>(lambda) * static_cast<double>(d);
+  b.threshold = levels > 1
+                    ? static_cast<double>(lambda)
+                    : exdyna::next_threshold(b.threshold, k_sent, options_.density * d, options_);
   b.partitions.rebalance(partition_counts, options_.balance);
 
   if (n > 1) {
     const uint64_t index_bytes = sizeof(Index);
-    const uint64_t counts_bytes = static_cast<uint64_t>(n - 1) * sizeof(int64_t);
+    const uint64_t counts_bytes = static_cast<uint64_t>(n - 1) * levels * sizeof(int64_t);
     const uint64_t value_bytes = k_sent * sizeof(float) * 2 * (n - 1) / n;
     bytes_sent_ +=
         counts_bytes + value_bytes + (k_sent - b.worker_counts[(rank + 1) % n]) * index_bytes;

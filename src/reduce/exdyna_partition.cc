@@ -151,4 +151,47 @@ double next_threshold(double lambda, uint64_t k_sent, double k, const ExDynaOpti
   return lambda;
 }
 
+std::vector<float> level_thresholds(double lambda, int levels, double spacing) {
+  DT_ENFORCE(levels >= 1 && spacing > 1, "exdyna: need levels >= 1 and spacing > 1, got ", levels,
+             " and ", spacing);
+  std::vector<float> out(levels);
+  for (int j = 0; j < levels; ++j) {
+    out[j] = static_cast<float>(lambda * std::pow(spacing, j - levels / 2));
+  }
+  return out;
+}
+
+template <typename Index>
+void count_levels(std::span<const float> values, std::span<const Index> candidates,
+                  std::span<const float> levels, std::span<int64_t> counts) {
+  DT_ENFORCE(counts.size() == levels.size(), "count_levels: ", counts.size(), " counts for ",
+             levels.size(), " levels");
+  // A histogram by the highest level each candidate reaches, then suffix sums.
+  std::vector<int64_t> highest(levels.size(), 0);
+  for (Index i : candidates) {
+    const float m = std::fabs(values[i]);
+    const auto reached = std::upper_bound(levels.begin(), levels.end(), m) - levels.begin();
+    DT_ENFORCE(reached >= 1, "count_levels: candidate ", i, " (|", values[i],
+               "|) is below the lowest level ", levels[0]);
+    ++highest[reached - 1];
+  }
+  int64_t above = 0;
+  for (size_t j = levels.size(); j-- > 0;) {
+    above += highest[j];
+    counts[j] += above;
+  }
+}
+template void count_levels<uint32_t>(std::span<const float>, std::span<const uint32_t>,
+                                     std::span<const float>, std::span<int64_t>);
+template void count_levels<uint64_t>(std::span<const float>, std::span<const uint64_t>,
+                                     std::span<const float>, std::span<int64_t>);
+
+int nearest_level(std::span<const int64_t> totals, double k) {
+  int best = 0;
+  for (size_t j = 1; j < totals.size(); ++j) {
+    if (std::fabs(double(totals[j]) - k) < std::fabs(double(totals[best]) - k)) best = int(j);
+  }
+  return best;
+}
+
 }  // namespace dtrain::reduce::exdyna
