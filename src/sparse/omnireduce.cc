@@ -67,7 +67,15 @@ bool any_nonzero(const float* p, size_t len) {
 
 uint64_t Context::next_nonzero(uint64_t b, uint64_t& found) const {
   for (; b < layout->blocks; b += layout->stride) {
-    if (any_nonzero(data.data() + b * layout->block, layout->elems(b))) {
+    const uint64_t row = b / layout->columns;
+    if (!row_scanned[row]) {
+      const uint64_t last = std::min<uint64_t>((row + 1) * layout->columns, layout->blocks);
+      for (uint64_t x = row * layout->columns; x < last; ++x) {
+        nonzero[x] = any_nonzero(data.data() + x * layout->block, layout->elems(x));
+      }
+      row_scanned[row] = 1;
+    }
+    if (nonzero[b]) {
       ++found;
       return b;
     }
@@ -228,7 +236,13 @@ OmniReduceStats omnireduce(const OmniReduceOptions& o) {
   const detail::Layout layout(n, o.block, o.blocks_per_message, workers, aggregators, o.servers,
                               o.slots);
   OmniReduceStats stats;
-  const detail::Context ctx{&g, tag, deadline, &layout, o.data};
+  // Non-zero map of the input, filled lazily a message row at a time (see Context).
+  std::vector<uint8_t> nonzero, row_scanned;
+  if (!is_server && size > 1) {
+    nonzero.resize(layout.blocks);
+    row_scanned.assign((layout.blocks + layout.columns - 1) / layout.columns, 0);
+  }
+  const detail::Context ctx{&g, tag, deadline, &layout, o.data, nonzero, row_scanned};
   if (size == 1) {
     for (uint64_t b = 0; b < layout.blocks; ++b) {
       stats.blocks_nonzero_local +=

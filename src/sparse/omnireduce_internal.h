@@ -76,11 +76,19 @@ struct Context {
   comm::Clock::time_point deadline;
   const Layout* layout = nullptr;
   std::span<float> data;  // empty on a dedicated aggregator
+  // Which blocks of the input are non-zero, one byte per block, filled a message row at a time
+  // (row_scanned[m] once row m's `columns` contiguous blocks were tested): a row belongs to one
+  // lane and a lane to one thread, so the worker and aggregator threads never share a byte.
+  // Sized by the caller (blocks and rows of the layout) on ranks with data.
+  std::span<uint8_t> nonzero;
+  std::span<uint8_t> row_scanned;
 
   // First block at or after b (in b's column) that is non-zero here; kEnd if none. The input is
-  // scanned lazily, column by column as the protocol walks it, so the scan overlaps the
-  // communication and is shared by the worker and aggregator threads (each walks its own lanes,
-  // and only ever past the blocks results were written to). `found` counts the non-zero blocks.
+  // scanned lazily as the protocol walks it, so the scan overlaps the communication: the first
+  // query that lands in a message row tests the row's contiguous blocks in one sequential pass
+  // (a column-by-column walk would read 1 block per stride, defeating the prefetcher and the TLB).
+  // Each thread walks its own lanes, and only ever past the blocks results were written to.
+  // `found` counts the non-zero blocks.
   uint64_t next_nonzero(uint64_t b, uint64_t& found) const;
   // Copies block b into out (block floats), zero-padding a short last block.
   void read_block(uint64_t b, float* out) const;
