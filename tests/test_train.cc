@@ -191,6 +191,26 @@ INSTANTIATE_TEST_SUITE_P(Reducers, Resume, ::testing::Values("dense", "topk:0.05
                            return name;
                          });
 
+TEST(BadInput, RanksStartedWithDifferentFlagsAllFailNamingTheFlag) {
+  std::vector<std::string> errors(3);
+  EXPECT_THROW(spawn(3,
+                     [&](comm::Group& g) {
+                       auto o = small_run("mlp");
+                       if (g.rank() == 2) o.reduce = "topk:0.05";
+                       try {
+                         train::train(o, g);
+                       } catch (const InvalidArgument& e) {
+                         errors[g.rank()] = e.what();
+                         throw;
+                       }
+                     }),
+               InvalidArgument);
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_NE(errors[r].find("--reduce differs between rank 0 and rank 2"), std::string::npos)
+        << "rank " << r << ": " << errors[r];
+  }
+}
+
 TEST(BadInput, NamesTheFlagAndTheChoices) {
   auto expect_invalid = [](train::TrainOptions o, const std::string& needle) {
     try {

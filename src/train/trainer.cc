@@ -237,10 +237,69 @@ std::vector<std::byte> own_reducer_state(const std::vector<std::byte>& blob, int
   return mine;
 }
 
+// The flags every rank must be given alike (they decide the model, the data order, the buckets
+// and the collectives each step makes), as (flag, value) pairs.
+std::vector<std::pair<const char*, std::string>> shared_flags(const TrainOptions& o) {
+  std::string hidden;
+  for (int64_t h : o.hidden) hidden += std::to_string(h) + ",";
+  auto num = [](double x) { return nlohmann::json(x).dump(); };
+  return {{"--model", o.model},
+          {"--hidden", hidden},
+          {"--train-subset", std::to_string(o.train_subset)},
+          {"--test-subset", std::to_string(o.test_subset)},
+          {"--fields", std::to_string(o.fields)},
+          {"--vocab", std::to_string(o.vocab)},
+          {"--embed-dim", std::to_string(o.embed_dim)},
+          {"synthetic_train", std::to_string(o.synthetic_train)},
+          {"synthetic_test", std::to_string(o.synthetic_test)},
+          {"--epochs", std::to_string(o.epochs)},
+          {"--batch-size", std::to_string(o.batch_size)},
+          {"--lr", num(o.lr)},
+          {"--momentum", num(o.momentum)},
+          {"--optimizer", o.optimizer},
+          {"--seed", std::to_string(o.seed)},
+          {"--max-steps", std::to_string(o.max_steps)},
+          {"--reduce", o.reduce},
+          {"--schedule", o.schedule},
+          {"--on-nonfinite", o.on_nonfinite},
+          {"--checkpoint-every", std::to_string(o.checkpoint_every)},
+          {"--log-every", std::to_string(o.log_every)}};
+}
+
+// Ranks started with different training flags would build different buckets and collectives
+// and fail much later (a size mismatch aborts the transport). Every rank contributes a 64-bit
+// FNV-1a hash per flag to one allgather (fixed size, whatever the values), and all ranks throw
+// the same InvalidArgument naming the first flag and rank that differ from rank 0.
+void check_same_flags(const TrainOptions& o, comm::Group& g) {
+  if (g.size() == 1) return;
+  const auto flags = shared_flags(o);
+  const size_t k = flags.size();
+  std::vector<int64_t> hashes(k * static_cast<size_t>(g.size()), 0);
+  for (size_t i = 0; i < k; ++i) {
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned char ch : flags[i].second) h = (h ^ ch) * 1099511628211ull;
+    hashes[static_cast<size_t>(g.rank()) * k + i] = static_cast<int64_t>(h);
+  }
+  collective::AllgatherOptions ag(g);
+  ag.output = hashes;
+  collective::allgather(ag);
+  for (size_t i = 0; i < k; ++i) {
+    for (int r = 1; r < g.size(); ++r) {
+      if (hashes[static_cast<size_t>(r) * k + i] != hashes[i]) {
+        throw InvalidArgument(
+            detail::concat(flags[i].first, " differs between rank 0 and rank ", r,
+                           ": every rank must be started with the same training flags (rank ",
+                           g.rank(), " has ", flags[i].first, " '", flags[i].second, "')"));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 TrainResult train(const TrainOptions& o, comm::Group& g) {
   validate(o);
+  check_same_flags(o, g);
   pin_threads(o.threads);
   const bool lead = g.rank() == 0;
   const int world = g.size();
