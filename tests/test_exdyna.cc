@@ -152,6 +152,18 @@ float input_value(int rank, uint64_t step, size_t bucket, size_t i) {
 }
 
 // Param: world size, threshold levels (1: the spec's rule alone).
+// Level indices from the middle outwards (levels / 2, then the nearer neighbours first, lower
+// before higher at equal distance): scanning in this order with a strict < finds the nearest
+// level the reducer picks, ties going to the middle.
+std::vector<int> middle_out(int levels) {
+  std::vector<int> order(levels);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    return std::abs(a - levels / 2) < std::abs(b - levels / 2);
+  });
+  return order;
+}
+
 class ExDynaRanks : public ::testing::TestWithParam<std::tuple<int, int>> {};
 
 TEST_P(ExDynaRanks, MatchesTheReferenceAndConservesTheGradient) {
@@ -226,7 +238,7 @@ TEST_P(ExDynaRanks, MatchesTheReferenceAndConservesTheGradient) {
         for (int j = 0; j < levels; ++j) lv[j] = float(threshold * std::pow(1.02, j - levels / 2));
         int best = -1;
         double best_error = 0;
-        for (int j = 0; j < levels; ++j) {
+        for (int j : middle_out(levels)) {
           double total = 0;
           for (int w = 0; w < n; ++w) {
             const int part = static_cast<int>((first_step + t + w) % n);
@@ -327,7 +339,10 @@ TEST(ExDynaLevels, CountsAtEveryLevelAndPicksTheNearest) {
   reduce::exdyna::count_levels<uint32_t>(values, candidates, lv, counts);
   EXPECT_EQ(counts, (std::vector<int64_t>{6, 5, 3, 1}));  // >= is inclusive at every level
   EXPECT_EQ(reduce::exdyna::nearest_level(counts, 3.4), 2);
-  EXPECT_EQ(reduce::exdyna::nearest_level(counts, 4.0), 1);  // tie between 5 and 3: the lower
+  EXPECT_EQ(reduce::exdyna::nearest_level(counts, 4.0), 2);  // tie of 5 and 3: the middle's
+  EXPECT_EQ(reduce::exdyna::nearest_level(std::vector<int64_t>{7, 5, 3, 1, 0}, 4.5), 1);
+  // Counts that do not move (an all-zero bucket) keep the threshold: the middle level.
+  EXPECT_EQ(reduce::exdyna::nearest_level(std::vector<int64_t>{2, 2, 2, 2, 2}, 0.5), 2);
   EXPECT_EQ(reduce::exdyna::nearest_level(counts, 100), 0);
   EXPECT_EQ(reduce::exdyna::nearest_level(counts, 0), 3);
 }
@@ -532,6 +547,20 @@ TEST(ExDynaReducer, MomentumCorrectionAccumulatesVelocityAndMasksWhatWasSent) {
     std::vector<float> v(d, 1.0f);
     plain.reduce(v, 0);
     EXPECT_TRUE(plain.bucket(0).velocity.empty());
+  });
+}
+
+TEST(ExDynaReducer, AllZeroBucketsKeepTheirThreshold) {
+  // A bucket whose gradient stays zero (a frozen or unused layer) must not drag lambda toward 0,
+  // or the first real gradient after it would be sent whole.
+  spawn(2, [&](comm::Group& g) {
+    auto reducer = reduce::make_exdyna_reducer("density=0.01,lambda0=0.5", g);
+    std::vector<float> v(4096);
+    for (int t = 0; t < 200; ++t) {
+      std::fill(v.begin(), v.end(), 0.0f);
+      reducer->reduce(v, t);
+    }
+    EXPECT_EQ(static_cast<ExDynaReducer&>(*reducer).bucket(0).threshold, 0.5);
   });
 }
 

@@ -187,9 +187,15 @@ template void count_levels<uint64_t>(std::span<const float>, std::span<const uin
                                      std::span<const float>, std::span<int64_t>);
 
 int nearest_level(std::span<const int64_t> totals, double k) {
-  int best = 0;
-  for (size_t j = 1; j < totals.size(); ++j) {
-    if (std::fabs(double(totals[j]) - k) < std::fabs(double(totals[best]) - k)) best = int(j);
+  const int middle = static_cast<int>(totals.size()) / 2;
+  int best = middle;
+  for (int j = 0; j < static_cast<int>(totals.size()); ++j) {
+    const double error = std::fabs(double(totals[j]) - k);
+    const double best_error = std::fabs(double(totals[best]) - k);
+    if (error < best_error ||
+        (error == best_error && std::abs(j - middle) < std::abs(best - middle))) {
+      best = j;
+    }
   }
   return best;
 }

@@ -122,7 +122,9 @@ std::vector<float> level_thresholds(double lambda, int levels, double spacing);
 template <typename Index>
 void count_levels(std::span<const float> values, std::span<const Index> candidates,
                   std::span<const float> levels, std::span<int64_t> counts);
-// The level whose total count is nearest to k (the lowest such level on ties).
+// The level whose total count is nearest to k; on ties the one nearest the middle level
+// (totals.size() / 2, the current threshold), so counts that do not move with lambda (an
+// all-zero bucket: every rank's forced single index) leave the threshold where it is.
 int nearest_level(std::span<const int64_t> totals, double k);
 
 // The index of the first element of largest magnitude in [begin, end) (begin < end).
