@@ -8,9 +8,10 @@
 // or above it. ExDyna's selection is its one-pass |g| >= lambda scan with lambda = that k-th
 // magnitude (where its threshold controller settles on a stationary stream), over the whole vector
 // and over one partition of d / n (what each of n workers scans per step). The compress/
-// compressors run through make_compressor. The traffic table is computed, not timed: n
-// independently seeded worker vectors, each worker's exact top-k (allgather of k index + value
-// pairs: each rank sends and receives (n - 1) k 8 bytes; the union of the n index sets is the
+// compressors run through make_compressor; each one's last payload is then decoded and added into
+// a sum ("decode+add": what a receiver does once per sender). The traffic table is computed, not
+// timed: n independently seeded worker vectors, each worker's exact top-k (allgather of k index +
+// value pairs: each rank sends and receives (n - 1) k 8 bytes; the union of the n index sets is the
 // build-up the receivers must sum) against ExDyna's selections in n even partitions (counts
 // allgather + index allgatherv + value allreduce, the ring formulas of reduce/exdyna.cc, averaged
 // over the ranks).
@@ -201,11 +202,16 @@ void run(const CompressFlags& f) {
         with("randomk:density=", f.density), std::string("fp16"),
         std::string("qcs:bucket=256,rows=32,levels=1")}) {
     auto c = compress::make_compressor(spec);
-    size_t payload = 0;
-    const double s = median_seconds(f.iters, [&](int it) {
-      payload = c->compress(g, static_cast<uint64_t>(it + 1)).bytes.size();
-    });
-    rows.push_back({spec + " (compress/)", s, bytes, payload});
+    compress::Payload payload;
+    const double s = median_seconds(
+        f.iters, [&](int it) { payload = c->compress(g, static_cast<uint64_t>(it + 1)); });
+    rows.push_back({spec + " (compress/)", s, bytes, payload.bytes.size()});
+    // What every receiver does once per sender: decode the payload and add it to a sum.
+    std::vector<float> sum(d, 0.0f);
+    const uint64_t last_step = static_cast<uint64_t>(f.iters);
+    const double ds = median_seconds(
+        f.iters, [&](int) { c->decompress(payload, sum, /*accumulate=*/true, last_step); });
+    rows.push_back({spec + " decode+add", ds, bytes, 0});
   }
 
   std::printf(
