@@ -10,14 +10,18 @@
 // v_hat = s (q - u), scatters it to the sampled rows of an n-vector, transforms it back (H is
 // symmetric) and multiplies by the signs and alpha (n/k) / sqrt(n).
 //
-// The randomness of a bucket comes from two keyed streams (random.h): one for signs and rows,
-// keyed by worker unless shared, and one for the dither, always keyed by worker.
+// The randomness comes from keyed streams (random.h): the rows, drawn once per call (step, stream)
+// and used by all its buckets; the signs, per bucket; both keyed by worker unless shared; and the
+// dither, per bucket, always keyed by worker. (Drawing k rows is the costliest part of a bucket's
+// randomness, so one draw serves all buckets; with independent signs per bucket each bucket's
+// estimate keeps its mean and mean squared error whatever the rows, see qcs.h.)
 #include "dtrain/compress/qcs.h"
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "dtrain/common/error.h"
 #include "internal.h"
@@ -29,7 +33,8 @@ namespace {
 using detail::KeyedRng;
 using detail::sample_sorted;
 
-constexpr uint64_t kSketchDomain = 0x7163732d736b6574ull;  // "qcs-sket"
+constexpr uint64_t kSketchDomain = 0x7163732d736b6574ull;  // "qcs-sket": signs
+constexpr uint64_t kRowsDomain = 0x7163732d726f7773ull;    // "qcs-rows"
 constexpr uint64_t kDitherDomain = 0x7163732d64697468ull;  // "qcs-dith"
 constexpr uint64_t kSharedWorker = ~uint64_t{0};
 
@@ -53,12 +58,30 @@ size_t digits_for(uint64_t base) {
 void fwht(std::span<float> x) {
   const size_t n = x.size();
   DT_ENFORCE(n == 0 || std::has_single_bit(n), "fwht: size ", n, " is not a power of two");
-  for (size_t h = 1; h < n; h <<= 1) {
+  float* p = x.data();
+  size_t h = 1;
+  if (n >= 4) {
+    // Stages h = 1 and h = 2 together, four elements at a time: the same sums in the same order
+    // as two separate stages, without their two- and one-element inner loops.
+    for (size_t i = 0; i < n; i += 4) {
+      const float b0 = p[i] + p[i + 1], b1 = p[i] - p[i + 1];
+      const float b2 = p[i + 2] + p[i + 3], b3 = p[i + 2] - p[i + 3];
+      p[i] = b0 + b2;
+      p[i + 1] = b1 + b3;
+      p[i + 2] = b0 - b2;
+      p[i + 3] = b1 - b3;
+    }
+    h = 4;
+  }
+  for (; h < n; h <<= 1) {
     for (size_t i = 0; i < n; i += 2 * h) {
-      for (size_t j = i; j < i + h; ++j) {
-        const float a = x[j], b = x[j + h];
-        x[j] = a + b;
-        x[j + h] = a - b;
+      // The two halves never overlap, so the loop vectorises.
+      float* __restrict lo = p + i;
+      float* __restrict hi = p + i + h;
+      for (size_t j = 0; j < h; ++j) {
+        const float a = lo[j], b = hi[j];
+        lo[j] = a + b;
+        hi[j] = a - b;
       }
     }
   }
@@ -66,7 +89,7 @@ void fwht(std::span<float> x) {
 
 struct QcsCompressor::Sketch {
   std::vector<uint64_t> signs;  // bit j set: R_jj = -1
-  std::vector<uint32_t> rows;   // k distinct rows of H, ascending
+  std::vector<uint32_t> rows;   // k distinct rows of H, ascending (the same for every bucket)
   std::vector<uint64_t> taken;  // scratch bitmap for drawing rows
   // x R_jj, by flipping the sign bit (a branch on random signs would mispredict half the time).
   float times_sign(float x, size_t j) const {
@@ -111,14 +134,18 @@ size_t QcsCompressor::payload_bytes(size_t n) const {
   return nb * sizeof(float) + words * sizeof(uint64_t);
 }
 
-void QcsCompressor::draw(uint64_t bucket_index, uint64_t step, uint64_t stream, int worker,
-                         Sketch& sketch) const {
-  const size_t n = options_.bucket, k = options_.rows;
+void QcsCompressor::draw_rows(uint64_t step, uint64_t stream, int worker, Sketch& sketch) const {
+  const uint64_t who = options_.shared ? kSharedWorker : static_cast<uint64_t>(worker);
+  KeyedRng rng({kRowsDomain, options_.seed, step, stream, who});
+  sample_sorted(rng, options_.bucket, options_.rows, sketch.taken, sketch.rows);
+}
+
+void QcsCompressor::draw_signs(uint64_t bucket_index, uint64_t step, uint64_t stream, int worker,
+                               Sketch& sketch) const {
   const uint64_t who = options_.shared ? kSharedWorker : static_cast<uint64_t>(worker);
   KeyedRng rng({kSketchDomain, options_.seed, bucket_index, step, stream, who});
-  sketch.signs.resize((n + 63) / 64);
+  sketch.signs.resize((options_.bucket + 63) / 64);
   for (auto& word : sketch.signs) word = rng.next();
-  sample_sorted(rng, n, k, sketch.taken, sketch.rows);
 }
 
 void QcsCompressor::apply(std::span<const float> g, const Sketch& sketch, std::span<float> work,
@@ -145,7 +172,8 @@ void QcsCompressor::measure(std::span<const float> g, uint64_t bucket_index, uin
              g.size(), " -> ", v.size(), " entries, expected ", options_.bucket, " -> ",
              options_.rows);
   Sketch sketch;
-  draw(bucket_index, step, stream, worker, sketch);
+  draw_rows(step, stream, worker, sketch);
+  draw_signs(bucket_index, step, stream, worker, sketch);
   std::vector<float> work(options_.bucket);
   apply(g, sketch, work, v);
 }
@@ -156,7 +184,8 @@ void QcsCompressor::adjoint(std::span<const float> v, uint64_t bucket_index, uin
              v.size(), " -> ", g.size(), " entries, expected ", options_.rows, " -> ",
              options_.bucket);
   Sketch sketch;
-  draw(bucket_index, step, stream, worker, sketch);
+  draw_rows(step, stream, worker, sketch);
+  draw_signs(bucket_index, step, stream, worker, sketch);
   apply_adjoint(v, sketch, 1.0f / std::sqrt(static_cast<float>(options_.bucket)), g);
 }
 
@@ -171,20 +200,24 @@ Payload QcsCompressor::compress(std::span<const float> in, uint64_t step, uint64
   p.bytes.resize(payload_bytes(in.size()));
   std::byte* scales = p.bytes.data();
   std::byte* words = p.bytes.data() + nb * sizeof(float);
-  std::vector<uint64_t> digits;  // the current word's digits, shared=0 only
-  size_t words_written = 0;
+  // The current word (shared=0 only): digit t of a word is worth base^t, so each digit adds
+  // digit x weight[t] (independent multiplications, not one long Horner chain).
+  std::vector<uint64_t> weight(digits_per_word_);
+  for (size_t t = 0; t < weight.size(); ++t) weight[t] = t == 0 ? 1 : weight[t - 1] * base;
+  uint64_t word = 0;
+  size_t digits_in_word = 0, words_written = 0;
   auto flush = [&] {
-    uint64_t word = 0;
-    for (size_t t = digits.size(); t-- > 0;) word = word * base + digits[t];
     std::memcpy(words + words_written++ * sizeof(uint64_t), &word, sizeof(word));
-    digits.clear();
+    word = 0;
+    digits_in_word = 0;
   };
 
   Sketch sketch;
+  draw_rows(step, stream, worker_, sketch);
   std::vector<float> v(k);
   for (size_t b = 0; b < nb; ++b) {
     const auto g = in.subspan(b * n, std::min(n, in.size() - b * n));
-    draw(b, step, stream, worker_, sketch);
+    draw_signs(b, step, stream, worker_, sketch);
     apply(g, sketch, work_, v);
     float vmax = 0;
     for (float x : v) vmax = std::max(vmax, std::fabs(x));
@@ -198,13 +231,13 @@ Payload QcsCompressor::compress(std::span<const float> in, uint64_t step, uint64
         const float v_hat = s * (q - u);
         std::memcpy(p.bytes.data() + (b * k + i) * sizeof(float), &v_hat, sizeof(float));
       } else {
-        digits.push_back(static_cast<uint64_t>(q + levels));
-        if (digits.size() == digits_per_word_) flush();
+        word += static_cast<uint64_t>(q + levels) * weight[digits_in_word];
+        if (++digits_in_word == digits_per_word_) flush();
       }
     }
     if (!options_.shared) std::memcpy(scales + b * sizeof(float), &s, sizeof(float));
   }
-  if (!digits.empty()) flush();
+  if (digits_in_word > 0) flush();
   return p;
 }
 
@@ -215,43 +248,61 @@ void QcsCompressor::decompress(const Payload& p, std::span<float> out, bool accu
   const size_t n = options_.bucket, k = options_.rows;
   const size_t nb = bucket_count(out.size(), n);
   const float levels = static_cast<float>(options_.levels);
-  const uint64_t base = 2 * static_cast<uint64_t>(options_.levels) + 1;
+  const uint64_t base_value = 2 * static_cast<uint64_t>(options_.levels) + 1;
   const auto factor = static_cast<float>(alpha() * std::sqrt(static_cast<double>(n)) / k);
   const std::byte* words = p.bytes.data() + nb * sizeof(float);
   uint64_t word = 0;
   size_t digits_left = 0, words_read = 0;
 
-  Sketch sketch;
-  std::vector<float> v_hat(k), work(n);
-  for (size_t b = 0; b < nb; ++b) {
-    draw(b, step, stream, sender, sketch);
-    if (options_.shared) {
-      std::memcpy(v_hat.data(), p.bytes.data() + b * k * sizeof(float), k * sizeof(float));
-    } else {
-      float s;
-      std::memcpy(&s, p.bytes.data() + b * sizeof(float), sizeof(float));
-      DT_ENFORCE_AS(ProtocolError, std::isfinite(s) && s >= 0, "qcs: payload from rank ", sender,
-                    " has scale ", s, " in bucket ", b);
-      KeyedRng dither(
-          {kDitherDomain, options_.seed, b, step, stream, static_cast<uint64_t>(sender)});
-      for (size_t i = 0; i < k; ++i) {
-        if (digits_left == 0) {
-          // What is left of a consumed word must be 0, else the word held more than D digits.
-          DT_ENFORCE_AS(ProtocolError, word == 0, "qcs: payload from rank ", sender,
-                        " has an invalid digit word before bucket ", b);
-          std::memcpy(&word, words + words_read++ * sizeof(uint64_t), sizeof(word));
-          digits_left = digits_per_word_;
+  // The digit base as a compile-time constant for the common Q = 1, 2, 3 (the compiler then
+  // replaces the 64-bit division per entry by a multiplication), a run-time value otherwise.
+  auto decode = [&](auto base) {
+    Sketch sketch;
+    draw_rows(step, stream, sender, sketch);
+    std::vector<float> v_hat(k), work(n);
+    for (size_t b = 0; b < nb; ++b) {
+      draw_signs(b, step, stream, sender, sketch);
+      if (options_.shared) {
+        std::memcpy(v_hat.data(), p.bytes.data() + b * k * sizeof(float), k * sizeof(float));
+      } else {
+        float s;
+        std::memcpy(&s, p.bytes.data() + b * sizeof(float), sizeof(float));
+        DT_ENFORCE_AS(ProtocolError, std::isfinite(s) && s >= 0, "qcs: payload from rank ", sender,
+                      " has scale ", s, " in bucket ", b);
+        KeyedRng dither(
+            {kDitherDomain, options_.seed, b, step, stream, static_cast<uint64_t>(sender)});
+        for (size_t i = 0; i < k; ++i) {
+          if (digits_left == 0) {
+            // What is left of a consumed word must be 0, else the word held more than D digits.
+            DT_ENFORCE_AS(ProtocolError, word == 0, "qcs: payload from rank ", sender,
+                          " has an invalid digit word before bucket ", b);
+            std::memcpy(&word, words + words_read++ * sizeof(uint64_t), sizeof(word));
+            digits_left = digits_per_word_;
+          }
+          const uint64_t digit = word % base;
+          word /= base;
+          --digits_left;
+          v_hat[i] = s * (static_cast<float>(digit) - levels - dither.dither());
         }
-        const uint64_t digit = word % base;
-        word /= base;
-        --digits_left;
-        v_hat[i] = s * (static_cast<float>(digit) - levels - dither.dither());
       }
+      apply_adjoint(v_hat, sketch, factor, work);
+      float* dst = out.data() + b * n;
+      const size_t valid = std::min(n, out.size() - b * n);
+      for (size_t j = 0; j < valid; ++j) dst[j] = accumulate ? dst[j] + work[j] : work[j];
     }
-    apply_adjoint(v_hat, sketch, factor, work);
-    float* dst = out.data() + b * n;
-    const size_t valid = std::min(n, out.size() - b * n);
-    for (size_t j = 0; j < valid; ++j) dst[j] = accumulate ? dst[j] + work[j] : work[j];
+  };
+  switch (base_value) {
+    case 3:
+      decode(std::integral_constant<uint64_t, 3>{});
+      break;
+    case 5:
+      decode(std::integral_constant<uint64_t, 5>{});
+      break;
+    case 7:
+      decode(std::integral_constant<uint64_t, 7>{});
+      break;
+    default:
+      decode(base_value);
   }
   DT_ENFORCE_AS(ProtocolError, word == 0, "qcs: payload from rank ", sender,
                 " has an invalid last digit word");

@@ -9,6 +9,12 @@
 //                T T^T = (n/k) I, contradicting its own T T^T = I, so we normalise by 1/sqrt(n)
 //                and move the factor n/k into the reconstruction, where alpha keeps the spec's
 //                meaning: alpha = 1 is unbiased.)
+//                R is drawn per bucket; H_k's rows once per call (step, stream) for all of its
+//                buckets, the costly part of the randomness. Given any row set, the random signs
+//                alone give E_R[T^T T] = (k/n) I and E_R||T^T T g||^2 = (k/n) ||g||^2 (H's entries
+//                for rows S and columns i, j depend only on i xor j), so each bucket keeps the
+//                mean and sampling error of independently drawn rows, and buckets' errors are
+//                independent given the rows.
 //   quantization s = ||v||_inf / Q, u ~ U(-1/2, 1/2), q = round(v/s + u) in {-Q..Q}.
 //   reconstruction  g_hat = alpha (n/k) T^T s (q - u); alpha = 1 (recon=unbiased) or
 //                1/(gamma+1) (recon=mmse), gamma = n/k - 1 + n ln(k) / (4 Q^2 (k-1)) (for k = 1
@@ -75,9 +81,10 @@ class QcsCompressor : public Compressor {
                int worker, std::span<float> g) const;
 
  private:
-  struct Sketch;  // one bucket's signs and rows
-  void draw(uint64_t bucket_index, uint64_t step, uint64_t stream, int worker,
-            Sketch& sketch) const;
+  struct Sketch;  // the rows of a call and one bucket's signs
+  void draw_rows(uint64_t step, uint64_t stream, int worker, Sketch& sketch) const;
+  void draw_signs(uint64_t bucket_index, uint64_t step, uint64_t stream, int worker,
+                  Sketch& sketch) const;
   // v = T g using `work` (n floats); g may be shorter than n (zero padded).
   void apply(std::span<const float> g, const Sketch& sketch, std::span<float> work,
              std::span<float> v) const;
