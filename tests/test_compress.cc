@@ -619,6 +619,8 @@ TEST_P(Reducer, EveryRankEndsBitIdenticalAndNoneIsTheDenseAverage) {
                                           "topk:1",
                                           "randomk:0.2",
                                           "threshold:lambda=0.5",
+                                          "topk:0.1,via=omnireduce,block=8",
+                                          "threshold:lambda=0.5,via=omnireduce",
                                           "qcs:bucket=64,rows=16",
                                           "qcs:bucket=64,rows=32,shared=1,beta=0.5"};
   const std::vector<size_t> buckets = {100, 37, 1, 0};
@@ -678,6 +680,50 @@ TEST_P(Reducer, EveryRankEndsBitIdenticalAndNoneIsTheDenseAverage) {
 
 INSTANTIATE_TEST_SUITE_P(WorldSizes, Reducer, ::testing::Values(1, 2, 3, 4));
 
+TEST(ReducerVia, OmniReduceSumsTheSameSelectionsAsTheAllgather) {
+  // The same top-k selections (same inputs, same error feedback) summed by OmniReduce and by the
+  // allgather: equal results every step; OmniReduce moves only the blocks holding a selection.
+  spawn(3, [](comm::Group& g) {
+    auto gathered = reduce::make_compressed_reducer("topk:0.05", g);
+    auto omni = reduce::make_compressed_reducer("topk:0.05,via=omnireduce,block=4", g);
+    EXPECT_EQ(omni->name(), "topk:density=0.05,ef=1,via=omnireduce,block=4");
+    for (uint64_t step = 0; step < 4; ++step) {
+      for (size_t b = 0; b < 2; ++b) {
+        // Rank-specific inputs whose large entries cluster in a few blocks.
+        std::vector<float> a(4000), c;
+        for (size_t i = 0; i < a.size(); ++i) {
+          a[i] = fill(g.rank(), b, step, i) * ((i / 64) % 16 == size_t(g.rank()) ? 50.0f : 1.0f);
+        }
+        c = a;
+        gathered->reduce(a, step);
+        omni->reduce(c, step);
+        ASSERT_EQ(a, c) << "step " << step << " bucket " << b;
+      }
+    }
+    const auto m = omni->step_metrics();
+    ASSERT_EQ(m.size(), 4u);
+    EXPECT_EQ(m[2].first, "union_density");
+    EXPECT_GT(m[2].second, 0.0);
+    EXPECT_LT(m[2].second, 0.5);
+    EXPECT_GT(omni->bytes_sent(), 0u);
+  });
+}
+
+TEST(ReducerVia, BadUsesAreNamed) {
+  spawn(1, [](comm::Group& g) {
+    EXPECT_INVALID(reduce::make_compressed_reducer("qcs:via=omnireduce", g),
+                   "via=omnireduce takes the sparsifiers topk and threshold");
+    EXPECT_INVALID(reduce::make_compressed_reducer("topk:0.01,via=ring", g),
+                   "via=ring is not allgather or omnireduce");
+    EXPECT_INVALID(reduce::make_compressed_reducer("topk:0.01,block=16", g),
+                   "block= needs via=omnireduce");
+    EXPECT_INVALID(reduce::make_compressed_reducer("topk:0.01,via=omnireduce,block=0", g),
+                   "block=0 is not an integer");
+    EXPECT_EQ(reduce::make_compressed_reducer("threshold:lambda=0.5,via=allgather", g)->name(),
+              "threshold:lambda=0.5,ef=1");
+  });
+}
+
 TEST(ReducerBytes, CountsWhatTheRingMoves) {
   spawn(3, [](comm::Group& g) {
     const size_t n = 1000;  // topk 0.01: 10 kept, 80-byte payloads, all equal: no size exchange
@@ -727,7 +773,7 @@ TEST(ReducerSpec, ParsesReducerParametersAndRejectsBadOnes) {
                    "beta needs error feedback");
     EXPECT_INVALID(reduce::make_compressed_reducer("topk:beta=0", g), "beta=0 is not a number");
     EXPECT_INVALID(reduce::make_compressed_reducer("topk:dens=1", g),
-                   "(reducer parameters: ef, beta)");
+                   "(reducer parameters: ef, beta, via, block)");
     EXPECT_INVALID(reduce::make_compressed_reducer("lz4", g), "unknown compressor 'lz4'");
     EXPECT_EQ(reduce::compressed_reducer_names(), compress::compressor_names());
   });

@@ -20,6 +20,7 @@
 #include "dtrain/collective/allreduce.h"
 #include "dtrain/common/error.h"
 #include "dtrain/compress/qcs.h"
+#include "dtrain/sparse/omnireduce.h"
 
 namespace dtrain::reduce {
 namespace {
@@ -47,9 +48,17 @@ void scale(std::span<float> grad, int n) {
 
 CompressedReducer::CompressedReducer(comm::Group& group,
                                      std::unique_ptr<compress::Compressor> compressor,
-                                     bool error_feedback, double beta)
-    : group_(group) {
+                                     bool error_feedback, double beta, OmniReduceVia via)
+    : group_(group), via_(via) {
   DT_ENFORCE(compressor != nullptr, "compressed reducer: no compressor");
+  if (via_.enabled) {
+    const std::string kind = compressor->name().substr(0, compressor->name().find(':'));
+    DT_ENFORCE(kind == "topk" || kind == "threshold", "compressed reducer: via=omnireduce takes ",
+               "the sparsifiers topk and threshold (their selections are sparse), not '", kind,
+               "'");
+    DT_ENFORCE(via_.block >= 1 && via_.block <= (size_t{1} << 24),
+               "compressed reducer: block=", via_.block, " is outside [1, 2^24]");
+  }
   compressor->set_worker(group.rank());
   codec_ = compressor.get();
   if (error_feedback) {
@@ -66,6 +75,7 @@ std::string CompressedReducer::name() const {
   spec += spec.find(':') == std::string::npos ? ":" : ",";
   spec += feedback_ ? "ef=1" : "ef=0";
   if (feedback_ && feedback_->beta() != 1.0) spec += ",beta=" + format_number(feedback_->beta());
+  if (via_.enabled) spec += ",via=omnireduce,block=" + std::to_string(via_.block);
   return spec;
 }
 
@@ -76,6 +86,7 @@ void CompressedReducer::reduce(std::span<float> grad, uint64_t step) {
     bucket_ = 0;
     step_dense_bytes_ = 0;
     step_payload_bytes_ = 0;
+    step_blocks_ = step_union_ = step_local_ = 0;
   }
   const size_t stream = bucket_++;
   if (stream == bucket_sizes_.size()) bucket_sizes_.push_back(grad.size());
@@ -88,7 +99,9 @@ void CompressedReducer::reduce(std::span<float> grad, uint64_t step) {
       feedback_ ? feedback_->compress(grad, step, stream) : codec_->compress(grad, step, stream);
   step_dense_bytes_ += grad.size_bytes();
   step_payload_bytes_ += payload.bytes.size();
-  if (codec_->summable()) {
+  if (via_.enabled) {
+    omnireduce_selection(payload, grad, step, stream);
+  } else if (codec_->summable()) {
     allreduce_payload(payload);
     codec_->decompress(payload, grad, false, step, stream, group_.rank());
   } else {
@@ -161,6 +174,24 @@ void CompressedReducer::gather_and_decode(const compress::Payload& payload, std:
   }
 }
 
+void CompressedReducer::omnireduce_selection(const compress::Payload& payload,
+                                             std::span<float> grad, uint64_t step,
+                                             uint64_t stream) {
+  // What this rank sends, as a dense vector: its selected values, exact zeros elsewhere.
+  codec_->decompress(payload, grad, false, step, stream, group_.rank());
+  sparse::OmniReduceOptions o(group_);
+  o.data = grad;
+  o.block = via_.block;
+  // Buckets keep their sizes step after step (checked above): the handshake checks each size once.
+  o.verify = verified_.insert(grad.size()).second;
+  const sparse::OmniReduceStats st = sparse::omnireduce(o);
+  bytes_sent_ += st.bytes_sent;
+  bytes_received_ += st.bytes_received;
+  step_blocks_ += (grad.size() + via_.block - 1) / via_.block;
+  step_union_ += st.blocks_union;
+  step_local_ += st.blocks_nonzero_local;
+}
+
 std::vector<std::byte> CompressedReducer::save_state() const {
   if (!feedback_) return {};
   const std::string tag = name();
@@ -195,6 +226,10 @@ std::vector<std::pair<std::string, double>> CompressedReducer::step_metrics() co
     m.emplace_back("compress_ratio", static_cast<double>(step_dense_bytes_) /
                                          static_cast<double>(step_payload_bytes_));
   }
+  if (via_.enabled && step_blocks_ > 0) {
+    m.emplace_back("union_density", double(step_union_) / double(step_blocks_));
+    m.emplace_back("local_density", double(step_local_) / double(step_blocks_));
+  }
   return m;
 }
 
@@ -208,7 +243,7 @@ std::unique_ptr<GradientReducer> make_compressed_reducer(const std::string& spec
   const std::string name = spec.substr(0, colon);
   // Peel the reducer-level parameters off; the rest is the compressor's spec.
   std::string rest;
-  std::optional<std::string> ef_text, beta_text;
+  std::optional<std::string> ef_text, beta_text, via_text, block_text;
   if (colon != std::string::npos) {
     const std::string args = spec.substr(colon + 1);
     size_t begin = 0;
@@ -220,6 +255,10 @@ std::unique_ptr<GradientReducer> make_compressed_reducer(const std::string& spec
         ef_text = item.substr(3);
       } else if (item.starts_with("beta=")) {
         beta_text = item.substr(5);
+      } else if (item.starts_with("via=")) {
+        via_text = item.substr(4);
+      } else if (item.starts_with("block=")) {
+        block_text = item.substr(6);
       } else {
         rest += (rest.empty() ? "" : ",") + item;
       }
@@ -242,12 +281,34 @@ std::unique_ptr<GradientReducer> make_compressed_reducer(const std::string& spec
                "': beta=", *beta_text, " is not a number in (0, 1]");
     DT_ENFORCE(ef, "--reduce '", spec, "': beta needs error feedback (ef=1)");
   }
+  OmniReduceVia via;
+  if (via_text) {
+    DT_ENFORCE(*via_text == "allgather" || *via_text == "omnireduce", "--reduce '", spec,
+               "': via=", *via_text, " is not allgather or omnireduce");
+    via.enabled = *via_text == "omnireduce";
+  }
+  if (block_text) {
+    DT_ENFORCE(via.enabled, "--reduce '", spec, "': block= needs via=omnireduce");
+    uint64_t block = 0;
+    const char* first = block_text->data();
+    const char* last = first + block_text->size();
+    auto [end, ec] = std::from_chars(first, last, block);
+    DT_ENFORCE(ec == std::errc() && end == last && block >= 1 && block <= (uint64_t{1} << 24),
+               "--reduce '", spec, "': block=", *block_text, " is not an integer in [1, 2^24]");
+    via.block = static_cast<size_t>(block);
+  }
+  if (via.enabled) {
+    DT_ENFORCE(name == "topk" || name == "threshold", "--reduce '", spec,
+               "': via=omnireduce takes the sparsifiers topk and threshold (their selections "
+               "are sparse), not ",
+               name);
+  }
   std::unique_ptr<compress::Compressor> compressor;
   try {
     compressor = compress::make_compressor(rest.empty() ? name : name + ":" + rest);
   } catch (const InvalidArgument& e) {
     throw InvalidArgument(std::string("--reduce '") + spec + "': " + e.what() +
-                          " (reducer parameters: ef, beta)");
+                          " (reducer parameters: ef, beta, via, block)");
   }
   // Unbiased QCS under error feedback converges only for beta < 2/(1+gamma) (specs/qcs.md).
   const auto* qcs = dynamic_cast<const compress::QcsCompressor*>(compressor.get());
@@ -261,7 +322,7 @@ std::unique_ptr<GradientReducer> make_compressed_reducer(const std::string& spec
                  " for unbiased QCS under error feedback (or use recon=mmse)");
     }
   }
-  return std::make_unique<CompressedReducer>(group, std::move(compressor), ef, beta);
+  return std::make_unique<CompressedReducer>(group, std::move(compressor), ef, beta, via);
 }
 
 }  // namespace dtrain::reduce
