@@ -13,4 +13,5 @@ target_sources(dtrain_core PRIVATE
 )
 if(BUILD_TESTING)
   dtrain_test(test_compress tests/test_compress.cc)
+  dtrain_test(test_compressed_reducer tests/test_compressed_reducer.cc)
 endif()

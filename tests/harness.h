@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "dtrain/comm/group.h"
+#include "dtrain/common/error.h"
 
 namespace dtrain::test {
 
@@ -40,5 +41,22 @@ std::vector<std::exception_ptr> run_threads(int size, const std::function<void(i
 
 // The message of an exception_ptr of a std::exception, else "".
 std::string what(const std::exception_ptr& e);
+
+// Success when `fn` throws InvalidArgument whose message contains `fragment`.
+template <typename Fn>
+::testing::AssertionResult throws_invalid(Fn fn, const std::string& fragment) {
+  try {
+    fn();
+  } catch (const InvalidArgument& e) {
+    if (std::string(e.what()).find(fragment) != std::string::npos) {
+      return ::testing::AssertionSuccess();
+    }
+    return ::testing::AssertionFailure()
+           << "message '" << e.what() << "' lacks '" << fragment << "'";
+  }
+  return ::testing::AssertionFailure() << "no InvalidArgument (wanted '" << fragment << "')";
+}
+
+#define EXPECT_INVALID(expr, fragment) EXPECT_TRUE(throws_invalid([&] { (void)(expr); }, fragment))
 
 }  // namespace dtrain::test
