@@ -130,7 +130,7 @@ TEST(ReducerVia, BadUsesAreNamed) {
     EXPECT_INVALID(reduce::make_compressed_reducer("topk:0.01,block=16", g),
                    "block= needs via=omnireduce");
     EXPECT_INVALID(reduce::make_compressed_reducer("topk:0.01,via=omnireduce,block=0", g),
-                   "block=0 is not an integer");
+                   "block=0 is outside [1, 2^24]");
     EXPECT_EQ(reduce::make_compressed_reducer("threshold:lambda=0.5,via=allgather", g)->name(),
               "threshold:lambda=0.5,ef=1");
   });

@@ -293,15 +293,9 @@ std::unique_ptr<GradientReducer> make_compressed_reducer(const std::string& spec
     const char* first = block_text->data();
     const char* last = first + block_text->size();
     auto [end, ec] = std::from_chars(first, last, block);
-    DT_ENFORCE(ec == std::errc() && end == last && block >= 1 && block <= (uint64_t{1} << 24),
-               "--reduce '", spec, "': block=", *block_text, " is not an integer in [1, 2^24]");
-    via.block = static_cast<size_t>(block);
-  }
-  if (via.enabled) {
-    DT_ENFORCE(name == "topk" || name == "threshold", "--reduce '", spec,
-               "': via=omnireduce takes the sparsifiers topk and threshold (their selections "
-               "are sparse), not ",
-               name);
+    DT_ENFORCE(ec == std::errc() && end == last, "--reduce '", spec, "': block=", *block_text,
+               " is not an integer");
+    via.block = static_cast<size_t>(block);  // range checked by the reducer
   }
   std::unique_ptr<compress::Compressor> compressor;
   try {
@@ -322,7 +316,11 @@ std::unique_ptr<GradientReducer> make_compressed_reducer(const std::string& spec
                  " for unbiased QCS under error feedback (or use recon=mmse)");
     }
   }
-  return std::make_unique<CompressedReducer>(group, std::move(compressor), ef, beta, via);
+  try {
+    return std::make_unique<CompressedReducer>(group, std::move(compressor), ef, beta, via);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(std::string("--reduce '") + spec + "': " + e.what());
+  }
 }
 
 }  // namespace dtrain::reduce

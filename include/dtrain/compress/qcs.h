@@ -21,8 +21,9 @@
 //                the limit n / (4 Q^2)). E||g_hat - g||^2 <= gamma/(gamma+1) ||g||^2 for mmse.
 // levels=1 quantizes to {-1, 0, 1}; the published sign-only (1-bit) variant is not implemented.
 // Under error feedback, recon=unbiased needs beta < 2/(1+gamma); recon=mmse allows beta in (0, 1].
-// Signs, rows and dither are never sent: they come from a stream keyed by (seed, bucket index,
-// step, stream, worker), which the receiver regenerates for the sender it decodes.
+// Signs, rows and dither are never sent: they come from streams keyed by (seed, bucket index,
+// step, stream, worker) (the rows without the bucket index), which the receiver regenerates for
+// the sender it decodes.
 //
 // Payload (shared=0): one float scale s per bucket, then the q + Q of all buckets as base-(2Q+1)
 // digits, D = floor(64 / log2(2Q+1)) digits per little-endian uint64 word (Q = 1: 40 digits, 1.6
