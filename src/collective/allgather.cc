@@ -40,13 +40,14 @@ void gather_ring(comm::Group& g, const CommonOptions& o, const char* op, uint32_
   }
   const uint64_t tag = o.tag ? o.tag : g.next_tag();
   const auto deadline = g.deadline(o.timeout);
-  detail::handshake(
-      g, tag, deadline,
-      {kind, static_cast<uint32_t>(output.dtype), 0, -1, total, detail::hash_counts(counts)});
+  const size_t seg = detail::segment_elems_for(layout, elem, o.segment_bytes, n - 1);
+  detail::handshake(g, tag, deadline,
+                    {kind, static_cast<uint32_t>(output.dtype), 0, -1, total,
+                     detail::hash_counts(counts), 0, 0, seg});
   if (n == 1 || total == 0) return;
-  const size_t seg = detail::segment_elems_for(layout, elem, o.segment_bytes, n, 1);
   detail::RingPass pass{&g, tag, deadline, op, output.bytes(), elem, &layout, seg};
-  detail::run_ring_pass(pass);
+  pass.gather_steps = n - 1;
+  detail::run_ring(pass);
 }
 
 }  // namespace

@@ -1,18 +1,28 @@
-// Ring allreduce and reduce-scatter.
+// Allreduce (dispatch by size) and ring reduce-scatter.
 //
-// Works as follows. After the call descriptors are checked around the ring (handshake.h), the
-// buffer is split into N nearly equal chunks. A reducing ring pass (ring.h) leaves rank r with
-// the fully reduced chunk r after N-1 steps; kAvg scales that one chunk (1/N of the work); a
-// gathering pass then circulates the reduced chunks for N-1 more steps. Each rank sends and
-// receives 2(N-1)/N of the buffer, the bandwidth-optimal amount. Segments (default 512 KiB)
-// pipeline the steps so a large buffer keeps both directions of every link busy.
-// Reduce-scatter is the first pass alone, on a scratch copy of the input, with per-rank counts.
+// Works as follows. Each call first settles which algorithm runs: the one the options force, or
+// for kAuto the one the size switch picks for this buffer (allreduce_switch.cc), so every rank
+// that makes the same call runs the same algorithm. With verify set the ranks then check their
+// call descriptors around the ring (handshake.h), one round trip; without it the descriptor's hash
+// is folded into every slot instead, so a call that disagrees can only time out, never pair.
+//
+// The ring (ring.h) runs reduce-scatter and allgather as one pipelined ring of 2(N-1) steps over
+// N chunks: rank r ends the first half owning the fully reduced chunk r, divides it for kAvg (1/N
+// of the work), and the second half circulates the reduced chunks. Each rank sends and receives
+// 2(N-1)/N of the buffer, the bandwidth-optimal amount; segments pipeline the steps so a large
+// buffer keeps both directions of every link busy. Halving-doubling moves the same amount in
+// 2 log2(N) rounds and recursive doubling the whole buffer in log2(N) rounds
+// (halving_doubling.h): fewer messages, for the sizes where their count sets the time.
+//
+// Reduce-scatter is the ring's first half alone, on a scratch copy of the input, with per-rank
+// counts.
 #include "dtrain/collective/allreduce.h"
 
 #include <cstring>
 #include <numeric>
 
 #include "dtrain/common/error.h"
+#include "halving_doubling.h"
 #include "handshake.h"
 #include "ring.h"
 
@@ -33,28 +43,48 @@ void allreduce(const AllreduceOptions& o) {
     std::memmove(o.output.data, o.input.data, o.output.nbytes());
   }
   const ReduceFn fn = reduce_fn(o.output.dtype, o.op);
-  detail::handshake(g, tag, deadline,
-                    {detail::kAllreduce, static_cast<uint32_t>(o.output.dtype),
-                     static_cast<uint32_t>(o.op), -1, o.output.count, 0});
   const int n = g.size();
-  if (n == 1 || o.output.count == 0) return;
-
   const size_t elem = element_size(o.output.dtype);
-  auto layout = detail::RingLayout::even(o.output.count, n);
-  const size_t seg = detail::segment_elems_for(layout, elem, o.segment_bytes, n, 2);
+  const AllreduceAlgorithm algorithm = o.algorithm == AllreduceAlgorithm::kAuto
+                                           ? o.size_switch.pick(o.output.nbytes(), n)
+                                           : o.algorithm;
+  DT_ENFORCE(algorithm == AllreduceAlgorithm::kRing ||
+                 algorithm == AllreduceAlgorithm::kHalvingDoubling ||
+                 algorithm == AllreduceAlgorithm::kRecursiveDoubling,
+             "allreduce: unknown algorithm ", static_cast<uint32_t>(algorithm));
+  detail::RingLayout layout;
+  size_t seg = 0;
+  if (algorithm == AllreduceAlgorithm::kRing) {
+    layout = detail::RingLayout::even(o.output.count, n);
+    seg = detail::segment_elems_for(layout, elem, o.segment_bytes, 2 * (n - 1));
+  }
+  const uint64_t salt = detail::agree(
+      g, tag, deadline,
+      {detail::kAllreduce, static_cast<uint32_t>(o.output.dtype), static_cast<uint32_t>(o.op), -1,
+       o.output.count, 0, static_cast<uint32_t>(algorithm), 0, seg},
+      o.verify);
+  if (n == 1 || o.output.count == 0) return;
+  const int avg_divisor = o.op == ReduceOp::kAvg ? n : 0;
+
+  if (algorithm != AllreduceAlgorithm::kRing) {
+    detail::ButterflyCall call{
+        &g, tag, salt, deadline, o.output.bytes(), o.output.count, o.output.dtype, fn, avg_divisor};
+    if (algorithm == AllreduceAlgorithm::kHalvingDoubling) {
+      detail::halving_doubling(call);
+    } else {
+      detail::recursive_doubling(call);
+    }
+    return;
+  }
   detail::RingPass pass{&g, tag, deadline, "allreduce", o.output.bytes(), elem, &layout, seg};
   pass.reduce = fn;
+  pass.reduce_steps = n - 1;
+  pass.gather_steps = n - 1;
   pass.shift = -1;
-  pass.sub_base = 1;
-  detail::run_ring_pass(pass);
-  if (o.op == ReduceOp::kAvg) {
-    const int r = g.rank();
-    scale_down(o.output.bytes() + layout.offset[r] * elem, layout.count[r], o.output.dtype, n);
-  }
-  pass.reduce = nullptr;
-  pass.shift = 0;
-  pass.sub_base = 1 + detail::subs_per_pass(layout, seg, n);
-  detail::run_ring_pass(pass);
+  pass.salt = salt;
+  pass.avg_divisor = avg_divisor;
+  pass.dtype = o.output.dtype;
+  detail::run_ring(pass);
 }
 
 void reduce_scatter(const ReduceScatterOptions& o) {
@@ -81,19 +111,20 @@ void reduce_scatter(const ReduceScatterOptions& o) {
   const uint64_t tag = o.tag ? o.tag : g.next_tag();
   const auto deadline = g.deadline(o.timeout);
   const ReduceFn fn = reduce_fn(o.output.dtype, o.op);
+  const size_t elem = element_size(o.output.dtype);
+  const size_t seg = detail::segment_elems_for(layout, elem, o.segment_bytes, n - 1);
   detail::handshake(
       g, tag, deadline,
       {detail::kReduceScatter, static_cast<uint32_t>(o.output.dtype), static_cast<uint32_t>(o.op),
-       -1, o.input.count, detail::hash_counts(layout.count)});
-  const size_t elem = element_size(o.output.dtype);
+       -1, o.input.count, detail::hash_counts(layout.count), 0, 0, seg});
   std::byte* work = g.scratch(o.input.nbytes(), 1);
   if (o.input.count > 0) std::memcpy(work, o.input.data, o.input.nbytes());
   if (n > 1) {
-    const size_t seg = detail::segment_elems_for(layout, elem, o.segment_bytes, n, 1);
     detail::RingPass pass{&g, tag, deadline, "reduce_scatter", work, elem, &layout, seg};
     pass.reduce = fn;
+    pass.reduce_steps = n - 1;
     pass.shift = -1;
-    detail::run_ring_pass(pass);
+    detail::run_ring(pass);
   }
   if (o.output.count == 0) return;
   std::memcpy(o.output.data, work + layout.offset[r] * elem, o.output.nbytes());

@@ -1,6 +1,8 @@
 #include "handshake.h"
 
+#include "dtrain/collective/allreduce.h"
 #include "dtrain/common/error.h"
+#include "dtrain/common/hash.h"
 
 namespace dtrain::collective::detail {
 
@@ -22,12 +24,9 @@ const char* kind_name(uint32_t kind) {
 }
 
 uint64_t hash_counts(std::span<const size_t> counts) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a over the counts
-  for (size_t c : counts) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
+  Fnv1a h;
+  for (size_t c : counts) h.value(static_cast<uint64_t>(c));
+  return h.digest();
 }
 
 namespace {
@@ -38,6 +37,10 @@ std::string describe(const CallDescriptor& d) {
   if (d.kind == kAllreduce || d.kind == kReduceScatter) {
     s += dtrain::detail::concat(" (", name(static_cast<ReduceOp>(d.op)), ")");
   }
+  if (d.kind == kAllreduce) {
+    s += dtrain::detail::concat(" by ", name(static_cast<AllreduceAlgorithm>(d.algorithm)));
+  }
+  if (d.segment != 0) s += dtrain::detail::concat(" in segments of ", d.segment, " elements");
   if (d.kind == kBroadcast) s += dtrain::detail::concat(" from root ", d.root);
   if (d.kind == kAllgatherv || d.kind == kReduceScatter) {
     s += dtrain::detail::concat(" with per-rank counts hash ", d.counts_hash);
@@ -46,6 +49,33 @@ std::string describe(const CallDescriptor& d) {
 }
 
 }  // namespace
+
+uint64_t call_salt(const CallDescriptor& d) {
+  Fnv1a fnv;
+  for (uint64_t v : {uint64_t{d.kind}, uint64_t{d.dtype}, uint64_t{d.op},
+                     static_cast<uint64_t>(static_cast<int64_t>(d.root)), d.count, d.counts_hash,
+                     uint64_t{d.algorithm}, d.segment}) {
+    fnv.value(v);
+  }
+  uint64_t h = fnv.digest();
+  // splitmix64's finalizer, so that every input bit moves the 23 bits kept.
+  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+  h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+  h ^= h >> 31;
+  uint64_t salt = h & ((uint64_t{1} << 23) - 1);
+  if (salt == 0) salt = 1;
+  return salt << 40;
+}
+
+uint64_t agree(comm::Group& group, uint64_t tag, comm::Clock::time_point deadline,
+               const CallDescriptor& mine, bool verify) {
+  if (verify) {
+    handshake(group, tag, deadline, mine);
+    return 0;
+  }
+  group.check_usable();
+  return call_salt(mine);
+}
 
 void handshake(comm::Group& group, uint64_t tag, comm::Clock::time_point deadline,
                const CallDescriptor& mine) {

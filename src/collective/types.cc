@@ -129,8 +129,8 @@ ReduceFn pick_f16(ReduceOp op) {
 
 void scale_f16(void* data, size_t n, int divisor) {
   uint16_t* d = static_cast<uint16_t*>(data);
-  const float inv = 1.0f / static_cast<float>(divisor);
-  for (size_t i = 0; i < n; ++i) d[i] = float_to_half(half_to_float(d[i]) * inv);
+  const float f_divisor = static_cast<float>(divisor);
+  for (size_t i = 0; i < n; ++i) d[i] = float_to_half(half_to_float(d[i]) / f_divisor);
 }
 
 template <typename T>
@@ -150,12 +150,10 @@ ReduceFn pick(ReduceOp op) {
 template <typename T>
 void scale(void* data, size_t n, int divisor) {
   T* d = static_cast<T*>(data);
-  if constexpr (std::is_floating_point_v<T>) {
-    const T inv = T(1) / T(divisor);
-    for (size_t i = 0; i < n; ++i) d[i] *= inv;
-  } else {
-    for (size_t i = 0; i < n; ++i) d[i] /= divisor;
-  }
+  // A true division, not a multiplication by 1/divisor (which differs in the last bit for
+  // divisors that are not powers of two): kAvg is documented as the sum divided by N.
+  const T t_divisor = static_cast<T>(divisor);
+  for (size_t i = 0; i < n; ++i) d[i] /= t_divisor;
 }
 
 }  // namespace

@@ -114,9 +114,11 @@ struct ConstView {
 struct CommonOptions {
   explicit CommonOptions(comm::Group& g) : group(&g) {}
   comm::Group* group;
-  uint64_t tag = 0;          // 0: drawn from the group's counter
-  comm::Millis timeout{0};   // 0: the group's default
-  size_t segment_bytes = 0;  // 0: kDefaultSegmentBytes; pipelining unit of ring algorithms
+  uint64_t tag = 0;         // 0: drawn from the group's counter
+  comm::Millis timeout{0};  // 0: the group's default
+  // Pipelining unit of ring algorithms. 0: chosen by size (ring.h) for the ring allreduce,
+  // reduce-scatter and allgather; kDefaultSegmentBytes for broadcast.
+  size_t segment_bytes = 0;
 };
 
 inline constexpr size_t kDefaultSegmentBytes = size_t{512} << 10;
