@@ -8,6 +8,7 @@ target_sources(dtrain_core PRIVATE
   src/reduce/omnireduce_reducer.cc
   src/engine/engine.cc
   src/engine/timeline.cc
+  src/engine/mgwfbp.cc
 )
 target_link_libraries(dtrain_core PUBLIC nlohmann_json::nlohmann_json)
 
@@ -28,6 +29,7 @@ if(Torch_FOUND OR TORCH_FOUND)
   add_library(dtrain_torch STATIC
     src/torch/models.cc
     src/torch/bridge.cc
+    src/torch/grad_views.cc
     src/train/checkpoint.cc
     src/train/metrics.cc
     src/train/data_source.cc

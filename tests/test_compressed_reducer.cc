@@ -43,15 +43,18 @@ TEST_P(Reducer, EveryRankEndsBitIdenticalAndNoneIsTheDenseAverage) {
   spawn(world, [&](comm::Group& g) {
     for (size_t s = 0; s < specs.size(); ++s) {
       auto reducer = reduce::make_compressed_reducer(specs[s], g);
+      reducer->set_layout(reduce::Layout::flat(buckets));
       std::vector<float> last;
       for (uint64_t step = 0; step < 3; ++step) {
         last.clear();
+        reducer->begin_step(step);
         for (size_t b = 0; b < buckets.size(); ++b) {
           std::vector<float> grad(buckets[b]);
           for (size_t i = 0; i < grad.size(); ++i) grad[i] = fill(g.rank(), b, step, i);
-          reducer->reduce(grad, step);
+          reducer->reduce(b, grad);
           last.insert(last.end(), grad.begin(), grad.end());
         }
+        reducer->end_step();
       }
       if (world == 1) {
         EXPECT_EQ(reducer->bytes_sent(), 0u) << specs[s];
@@ -99,7 +102,12 @@ TEST(ReducerVia, OmniReduceSumsTheSameSelectionsAsTheAllgather) {
     auto gathered = reduce::make_compressed_reducer("topk:0.05", g);
     auto omni = reduce::make_compressed_reducer("topk:0.05,via=omnireduce,block=4", g);
     EXPECT_EQ(omni->name(), "topk:density=0.05,ef=1,via=omnireduce,block=4");
+    const std::vector<size_t> sizes = {4000, 4000};
+    gathered->set_layout(reduce::Layout::flat(sizes));
+    omni->set_layout(reduce::Layout::flat(sizes));
     for (uint64_t step = 0; step < 4; ++step) {
+      gathered->begin_step(step);
+      omni->begin_step(step);
       for (size_t b = 0; b < 2; ++b) {
         // Rank-specific inputs whose large entries cluster in a few blocks.
         std::vector<float> a(4000), c;
@@ -107,10 +115,12 @@ TEST(ReducerVia, OmniReduceSumsTheSameSelectionsAsTheAllgather) {
           a[i] = fill(g.rank(), b, step, i) * ((i / 64) % 16 == size_t(g.rank()) ? 50.0f : 1.0f);
         }
         c = a;
-        gathered->reduce(a, step);
-        omni->reduce(c, step);
+        gathered->reduce(b, a);
+        omni->reduce(b, c);
         ASSERT_EQ(a, c) << "step " << step << " bucket " << b;
       }
+      gathered->end_step();
+      omni->end_step();
     }
     const auto m = omni->step_metrics();
     ASSERT_EQ(m.size(), 4u);
@@ -142,10 +152,10 @@ TEST(ReducerBytes, CountsWhatTheRingMoves) {
     reduce::CompressedReducer topk(g, make_compressor("topk:0.01"), true);
     reduce::CompressedReducer none(g, make_compressor("none"), false);
     std::vector<float> grad(n, 1.0f);
-    topk.reduce(grad, 0);
+    topk.reduce_step(0, grad);
     EXPECT_EQ(topk.bytes_sent(), 2u * 80);
     EXPECT_EQ(topk.bytes_received(), 2u * 80);
-    none.reduce(grad, 0);
+    none.reduce_step(0, grad);
     // 1000 floats in chunks 334, 333, 333: rank r sends 2*1000 - c_r - c_{r+1} elements.
     const size_t c[3] = {334, 333, 333};
     const int r = g.rank();
@@ -195,11 +205,10 @@ TEST(ReducerState, BucketLayoutIsCheckedAndStateRoundTrips) {
   spawn(1, [](comm::Group& g) {
     auto reducer = reduce::make_compressed_reducer("topk:0.1", g);
     std::vector<float> a(100, 1.0f), b(37, 2.0f);
-    reducer->reduce(a, 0);
-    reducer->reduce(b, 0);
+    reducer->reduce_step(0, std::vector<std::span<float>>{a, b});
     std::vector<float> c(36, 1.0f);
-    reducer->reduce(a, 1);
-    EXPECT_INVALID(reducer->reduce(c, 1), "bucket 1 of step 1 has 36 elements but had 37");
+    EXPECT_INVALID(reducer->reduce_step(1, std::vector<std::span<float>>{a, c}),
+                   "bucket 1 of step 1 has 36 elements but the layout has 37");
 
     const auto state = reducer->save_state();
     auto copy = reduce::make_compressed_reducer("topk:0.1", g);

@@ -17,7 +17,7 @@ using engine::Schedule;
 
 std::vector<ParamInfo> params_of(std::vector<size_t> sizes) {
   std::vector<ParamInfo> out;
-  for (size_t i = 0; i < sizes.size(); ++i) out.push_back({"p" + std::to_string(i), sizes[i]});
+  for (size_t i = 0; i < sizes.size(); ++i) out.push_back({"p" + std::to_string(i), sizes[i], {}});
   return out;
 }
 
@@ -133,6 +133,69 @@ TEST(Engine, BadGradientSizeIsNamed) {
     std::vector<float> wrong(5);
     EXPECT_THROW(eng.on_gradient(0, wrong), InvalidArgument);
     EXPECT_THROW(eng.on_gradient(3, wrong), InvalidArgument);
+  });
+}
+
+// A gradient that arrives twice in a step is refused before it touches memory that may be on
+// the wire; accumulation is explicit (micro-batches) and sums.
+TEST(Engine, SecondGradientInAStepIsRefusedAndMicroBatchesSum) {
+  spawn(2, [](comm::Group& g) {
+    GradientEngine eng(params_of({3, 5}), Schedule::parse("wfbp"), reduce::make_reducer("dense", g),
+                       engine::OnNonFinite::kAbort, nullptr);
+    std::vector<float> a(3, 1.0f + g.rank()), b(5, 10.0f * (g.rank() + 1));
+    eng.begin_step(0);
+    eng.on_gradient(1, b);  // bucket 0 (param 1) is handed over at once
+    EXPECT_INVALID(eng.on_gradient(1, b), "p1 arrived twice in step 0");
+    eng.on_gradient(0, a);
+    ASSERT_TRUE(eng.finish());
+    EXPECT_EQ(eng.reduced(1)[4], 15.0f);  // (10 + 20) / 2: the refused copy was not added
+    EXPECT_EQ(eng.reduced(0)[0], 1.5f);
+
+    // Three micro-batches: the first two only accumulate, the last reduces the sum.
+    eng.begin_step(1, 3);
+    for (int m = 0; m < 3; ++m) {
+      if (m > 0) eng.next_micro_batch();
+      eng.on_gradient(1, b);
+      eng.on_gradient(0, a);
+    }
+    EXPECT_INVALID(eng.next_micro_batch(), "has 3 micro-batches");
+    ASSERT_TRUE(eng.finish());
+    EXPECT_EQ(eng.reduced(1)[0], 45.0f);  // 3 * (10 + 20) / 2
+    EXPECT_EQ(eng.reduced(0)[2], 4.5f);   // 3 * (1 + 2) / 2
+
+    // finish() before the last micro-batch is an error, not a partial reduction.
+    eng.begin_step(2, 2);
+    EXPECT_INVALID(eng.finish(), "before its last micro-batch");
+  });
+}
+
+// New buckets between steps: the reducer learns the new layout, the gradient memory moves only
+// when the parameters' order changes, and results stay right.
+TEST(Engine, SetBucketsRelayoutsTheReducer) {
+  spawn(2, [](comm::Group& g) {
+    GradientEngine eng(params_of({4, 6, 2}), Schedule::parse("single"),
+                       reduce::make_reducer("dense", g), engine::OnNonFinite::kAbort, nullptr);
+    ASSERT_EQ(eng.reducer().layout().buckets.size(), 1u);
+    EXPECT_EQ(eng.reducer().layout().buckets[0].tensors[0].name, "p2");  // produced first
+    const uint64_t v0 = eng.memory_version();
+    eng.set_buckets({{2, 1}, {0}});  // same order, other boundaries: memory stays
+    EXPECT_EQ(eng.memory_version(), v0);
+    ASSERT_EQ(eng.reducer().layout().buckets.size(), 2u);
+    EXPECT_EQ(eng.reducer().layout().buckets[0].numel, 8u);
+    EXPECT_EQ(eng.reducer().layout().buckets[1].tensors[0].offset, 0u);
+    eng.set_buckets({{0, 1}, {2}});  // another order: memory moves
+    EXPECT_NE(eng.memory_version(), v0);
+    EXPECT_INVALID(eng.set_buckets({{0, 1}}), "covers 2 of 3 parameters");
+    EXPECT_INVALID(eng.set_buckets({{0, 1}, {1, 2}}), "lists parameter p1 twice");
+    for (int64_t step = 0; step < 2; ++step) {
+      eng.begin_step(step);
+      for (size_t p : {2, 1, 0}) {
+        std::vector<float> grad(eng.param(p).numel, float(g.rank() + p));
+        eng.on_gradient(p, grad);
+      }
+      ASSERT_TRUE(eng.finish());
+      for (size_t p = 0; p < 3; ++p) EXPECT_EQ(eng.reduced(p)[0], 0.5f + p) << p;
+    }
   });
 }
 

@@ -181,15 +181,17 @@ TEST_P(ExDynaRanks, MatchesTheReferenceAndConservesTheGradient) {
   std::vector<std::vector<std::vector<Record>>> records(n);
   spawn(n, [&](comm::Group& g) {
     ExDynaReducer reducer(g, opts);
+    reducer.set_layout(reduce::Layout::flat(sizes));
     auto& mine = records[g.rank()];
     for (int t = 0; t < steps; ++t) {
       mine.emplace_back();
+      reducer.begin_step(first_step + t);
       for (size_t b = 0; b < sizes.size(); ++b) {
         Record rec;
         rec.input.resize(sizes[b]);
         for (size_t i = 0; i < sizes[b]; ++i) rec.input[i] = input_value(g.rank(), t, b, i);
         rec.update = rec.input;
-        reducer.reduce(rec.update, first_step + t);
+        reducer.reduce(b, rec.update);
         const auto& state = reducer.bucket(b);
         rec.residual = state.residual;
         rec.boundaries = state.partitions.boundaries();
@@ -197,6 +199,7 @@ TEST_P(ExDynaRanks, MatchesTheReferenceAndConservesTheGradient) {
         rec.worker_counts = state.worker_counts;
         mine.back().push_back(std::move(rec));
       }
+      reducer.end_step();
     }
   });
 
@@ -370,7 +373,7 @@ TEST(ExDynaReducer, DensityTracksTheTarget) {
       const float scale = 1e-3f * (1.0f + 0.5f * t / steps);
       const size_t offset = offsets() % pool.size();
       for (size_t i = 0; i < d; ++i) grad[i] = scale * pool[(offset + i) & (pool.size() - 1)];
-      reducer.reduce(grad, t);
+      reducer.reduce_step(t, grad);
       if (t >= warmup && g.rank() == 0) {
         const double k_sent = reducer.bucket(0).k_sent, k = 0.01 * d;
         errors.push_back(std::fabs(k_sent - k) / k);
@@ -435,23 +438,31 @@ TEST(ExDynaReducer, StateRoundTripRestoresTheTrajectory) {
       opts.density = 0.05;
       opts.momentum = momentum;
       ExDynaReducer a(g, opts);
+      a.set_layout(reduce::Layout::flat(sizes));
       for (int t = 0; t < 10; ++t) {
+        a.begin_step(t);
         for (size_t b = 0; b < sizes.size(); ++b) {
           auto v = fill(g.rank(), t, b);
-          a.reduce(v, t);
+          a.reduce(b, v);
         }
+        a.end_step();
       }
       const auto state = a.save_state();
       ExDynaReducer restored(g, opts);
       restored.load_state(state);
+      restored.set_layout(reduce::Layout::flat(sizes));
       for (int t = 10; t < 15; ++t) {
+        a.begin_step(t);
+        restored.begin_step(t);
         for (size_t b = 0; b < sizes.size(); ++b) {
           auto va = fill(g.rank(), t, b), vb = va;
-          a.reduce(va, t);
-          restored.reduce(vb, t);
+          a.reduce(b, va);
+          restored.reduce(b, vb);
           ASSERT_EQ(0, std::memcmp(va.data(), vb.data(), va.size() * sizeof(float)))
               << "step " << t << " bucket " << b;
         }
+        a.end_step();
+        restored.end_step();
         EXPECT_EQ(a.step_metrics(), restored.step_metrics());
       }
       // Truncated, padded or foreign state is refused, and the reducer keeps its own.
@@ -466,7 +477,7 @@ TEST(ExDynaReducer, StateRoundTripRestoresTheTrajectory) {
       ExDynaReducer resized(g, opts);
       resized.load_state(state);
       std::vector<float> wrong(4095, 0.0f);
-      EXPECT_THROW(resized.reduce(wrong, 20), InvalidArgument);
+      EXPECT_THROW(resized.reduce_step(20, wrong), InvalidArgument);
       EXPECT_EQ(restored.bucket(0).velocity.size(), momentum > 0 ? sizes[0] : 0u);
     });
   }
@@ -474,7 +485,7 @@ TEST(ExDynaReducer, StateRoundTripRestoresTheTrajectory) {
   spawn(1, [&](comm::Group& g) {
     ExDynaReducer r(g, ExDynaOptions{});
     std::vector<float> v(100, 1.0f);
-    r.reduce(v, 0);
+    r.reduce_step(0, v);
     one_rank_state = r.save_state();
   });
   spawn(2, [&](comm::Group& g) {
@@ -508,7 +519,7 @@ TEST(ExDynaReducer, MomentumCorrectionAccumulatesVelocityAndMasksWhatWasSent) {
         u_next[i] = m * u[i] + grad[i];
         c[i] = r[i] + u_next[i];
       }
-      reducer.reduce(grad, t);
+      reducer.reduce_step(t, grad);
       const auto& b = reducer.bucket(0);
       std::vector<char> mask(d, 0);
       size_t sent = 0;
@@ -545,7 +556,7 @@ TEST(ExDynaReducer, MomentumCorrectionAccumulatesVelocityAndMasksWhatWasSent) {
     ExDynaReducer plain(g, reduce::parse_exdyna_options("0.05"));
     EXPECT_FALSE(plain.applies_momentum());
     std::vector<float> v(d, 1.0f);
-    plain.reduce(v, 0);
+    plain.reduce_step(0, v);
     EXPECT_TRUE(plain.bucket(0).velocity.empty());
   });
 }
@@ -558,7 +569,7 @@ TEST(ExDynaReducer, AllZeroBucketsKeepTheirThreshold) {
     std::vector<float> v(4096);
     for (int t = 0; t < 200; ++t) {
       std::fill(v.begin(), v.end(), 0.0f);
-      reducer->reduce(v, t);
+      reducer->reduce_step(t, v);
     }
     EXPECT_EQ(static_cast<ExDynaReducer&>(*reducer).bucket(0).threshold, 0.5);
   });
@@ -574,7 +585,7 @@ TEST(ExDynaReducer, PartitionsThatDisagreeAreAProtocolError) {
                        opts.lambda0 = 1e-9;  // select everything
                        ExDynaReducer reducer(g, opts);
                        std::vector<float> v(4096, 1.0f);
-                       reducer.reduce(v, 0);
+                       reducer.reduce_step(0, v);
                      }),
                ProtocolError);
 }
@@ -586,7 +597,7 @@ TEST(ExDynaReducer, ReportsStepMetrics) {
     EXPECT_TRUE(reducer->step_metrics().empty());
     std::vector<float> v(1000);
     for (size_t i = 0; i < v.size(); ++i) v[i] = input_value(g.rank(), 0, 0, i);
-    reducer->reduce(v, 0);
+    reducer->reduce_step(0, v);
     std::map<std::string, double> m;
     for (const auto& [key, value] : reducer->step_metrics()) m[key] = value;
     ASSERT_EQ(m.size(), 5u);
@@ -605,7 +616,7 @@ TEST(ExDynaReducer, ReportsStepMetrics) {
     // With the default 64 levels the count allgather carries 64 counts per rank.
     auto leveled = reduce::make_exdyna_reducer("density=0.1", g);
     for (size_t i = 0; i < v.size(); ++i) v[i] = input_value(g.rank(), 0, 0, i);
-    leveled->reduce(v, 0);
+    leveled->reduce_step(0, v);
     const auto& lb = static_cast<ExDynaReducer&>(*leveled).bucket(0);
     EXPECT_EQ(leveled->bytes_sent(), 64 * 8 + lb.k_sent * 4 + lb.worker_counts[g.rank()] * 4);
   });

@@ -559,8 +559,7 @@ TEST(OmniReduceReducer, AveragesAndReportsDensities) {
     // Bucket a: rank k fills block k (blocks 0..2 of 10); bucket b: every rank fills block 1.
     for (int i = 0; i < 4; ++i) a[4 * g.rank() + i] = 3.0f * float(i + 1);
     for (int i = 4; i < 8; ++i) b[i] = 3.0f;
-    r->reduce(a, 7);
-    r->reduce(b, 7);
+    r->reduce_step(7, std::vector<std::span<float>>{a, b});
     for (int i = 0; i < 40; ++i) EXPECT_EQ(a[i], i < 12 ? float(i % 4 + 1) : 0.0f) << i;
     for (int i = 0; i < 8; ++i) EXPECT_EQ(b[i], i < 4 ? 0.0f : 3.0f) << i;
     auto m = r->step_metrics();

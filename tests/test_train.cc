@@ -13,9 +13,14 @@
 #include <mutex>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "dtrain/common/error.h"
 #include "dtrain/engine/engine.h"
+#include "dtrain/engine/mgwfbp.h"
+#include "dtrain/plan/mgwfbp.h"
 #include "dtrain/torch/bridge.h"
+#include "dtrain/torch/grad_views.h"
 #include "dtrain/torch/models.h"
 #include "dtrain/train/checkpoint.h"
 #include "dtrain/train/trainer.h"
@@ -46,10 +51,11 @@ std::shared_ptr<torchx::Net> small_mlp() {
   return torchx::make_model(spec);
 }
 
-class EngineGradients : public ::testing::TestWithParam<std::tuple<int, std::string>> {};
+// (world size, schedule, micro-batches per step)
+class EngineGradients : public ::testing::TestWithParam<std::tuple<int, std::string, int>> {};
 
 TEST_P(EngineGradients, EqualSingleProcessOnTheUnionOfBatches) {
-  const auto [n, schedule] = GetParam();
+  const auto [n, schedule, accumulate] = GetParam();
   const int64_t rows = 6;
   // Reference: one process, one model, all ranks' batches together.
   auto ref = small_mlp();
@@ -62,39 +68,93 @@ TEST_P(EngineGradients, EqualSingleProcessOnTheUnionOfBatches) {
   std::vector<torch::Tensor> want;
   for (auto& p : ref->parameters()) want.push_back(p.grad().clone());
 
-  spawn(n, [&, schedule = schedule](comm::Group& g) {
+  spawn(n, [&, schedule = schedule, accumulate = accumulate](comm::Group& g) {
     auto model = small_mlp();
     engine::GradientEngine eng(torchx::param_infos(*model), engine::Schedule::parse(schedule),
                                reduce::make_reducer("dense", g), engine::OnNonFinite::kAbort,
                                nullptr);
-    torchx::attach_hooks(*model, eng);
-    for (int step = 0; step < 2; ++step) {  // twice: hooks and buckets are reusable
-      model->zero_grad();
-      eng.begin_step(step);
-      torch::nn::functional::cross_entropy(model->forward(batch_x(g.rank(), rows)),
-                                           batch_y(g.rank(), rows))
-          .backward();
-      ASSERT_TRUE(eng.finish());
-      torchx::write_back(*model, eng);
-      auto params = model->parameters();
-      for (size_t i = 0; i < params.size(); ++i) {
-        EXPECT_TRUE(torch::allclose(params[i].grad(), want[i], 1e-5, 1e-6))
-            << "parameter " << i << " on rank " << g.rank() << " (" << schedule << ")";
+    std::unique_ptr<engine::MgwfbpScheduler> mgwfbp;
+    if (schedule == "mgwfbp") {
+      engine::MgwfbpOptions mo;
+      mo.skip_steps = 0;
+      mo.warmup_steps = 2;
+      mo.allreduce_iters = 2;
+      mgwfbp = std::make_unique<engine::MgwfbpScheduler>(eng, g, mo);
+    }
+    torchx::GradViews views(*model, eng);
+    auto params = model->parameters();
+    // Several steps: hooks and buckets are reusable; mgwfbp installs its plan after step 1.
+    for (int step = 0; step < 4; ++step) {
+      eng.begin_step(step, accumulate);
+      const int64_t part = rows / accumulate;
+      for (int m = 0; m < accumulate; ++m) {
+        if (m > 0) eng.next_micro_batch();
+        eng.backward_started();
+        auto x = batch_x(g.rank(), rows).slice(0, m * part, (m + 1) * part);
+        auto y = batch_y(g.rank(), rows).slice(0, m * part, (m + 1) * part);
+        (torch::nn::functional::cross_entropy(model->forward(x), y) / double(accumulate))
+            .backward();
       }
+      ASSERT_TRUE(eng.finish());
+      for (size_t i = 0; i < params.size(); ++i) {
+        // .grad is the bucket memory itself: no copy back.
+        ASSERT_EQ(params[i].grad().data_ptr(), static_cast<void*>(eng.grad_memory(i).data()));
+        EXPECT_TRUE(torch::allclose(params[i].grad(), want[i], 1e-5, 1e-6))
+            << "parameter " << i << " on rank " << g.rank() << " (" << schedule << ", step " << step
+            << ")";
+      }
+      if (mgwfbp && mgwfbp->after_step()) views.refresh();
+    }
+    if (mgwfbp) {
+      ASSERT_TRUE(mgwfbp->planned());
+      // The installed buckets are the merge rule's output on the recorded inputs.
+      const auto& r = mgwfbp->record();
+      std::vector<plan::Layer> layers;
+      for (const auto& l : r.at("layers")) layers.push_back(plan::Layer::from_json(l));
+      const auto again = plan::mgwfbp_plan(layers, plan::CostModel::from_json(r.at("cost")));
+      EXPECT_EQ(again.groups, plan::MergePlan::from_json(r.at("plan")).groups);
+      EXPECT_EQ(r.at("buckets").get<engine::Buckets>(), eng.buckets());
     }
   });
 }
 
 INSTANTIATE_TEST_SUITE_P(Schedules, EngineGradients,
                          ::testing::Combine(::testing::Values(1, 2, 3),
-                                            ::testing::Values("single", "wfbp", "fused:0.001")),
+                                            ::testing::Values("single", "wfbp", "fused:0.001",
+                                                              "mgwfbp"),
+                                            ::testing::Values(1, 2)),
                          [](const auto& info) {
                            std::string s = std::get<1>(info.param);
                            for (char& c : s) {
                              if (!isalnum(c)) c = '_';
                            }
-                           return "n" + std::to_string(std::get<0>(info.param)) + "_" + s;
+                           return "n" + std::to_string(std::get<0>(info.param)) + "_" + s + "_acc" +
+                                  std::to_string(std::get<2>(info.param));
                          });
+
+// A second backward in one step would add into buckets already being reduced: refused, naming
+// the parameter, before the memory is touched; the step's result stays right.
+TEST(EngineGradients, SecondBackwardInAStepIsRefused) {
+  spawn(2, [](comm::Group& g) {
+    auto model = small_mlp();
+    engine::GradientEngine eng(torchx::param_infos(*model), engine::Schedule::parse("wfbp"),
+                               reduce::make_reducer("dense", g), engine::OnNonFinite::kAbort,
+                               nullptr);
+    torchx::GradViews views(*model, eng);
+    eng.begin_step(0);
+    auto loss = torch::nn::functional::cross_entropy(model->forward(batch_x(g.rank(), 6)),
+                                                     batch_y(g.rank(), 6));
+    loss.backward({}, /*retain_graph=*/true);
+    try {
+      loss.backward();
+      FAIL() << "a second backward in the step was accepted";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find("arrived twice in step 0"), std::string::npos)
+          << e.what();
+    }
+    ASSERT_TRUE(eng.finish());
+  });
+}
 
 train::TrainOptions small_run(const std::string& model) {
   train::TrainOptions o;
@@ -157,6 +217,11 @@ TEST_P(Resume, InterruptedAndResumedEqualsUninterrupted) {
   TempDir dir;
   auto o = small_run("mlp");
   o.reduce = GetParam();
+  if (o.reduce == "dense+accumulate") {
+    o.reduce = "dense";
+    o.accumulate = 2;
+    o.batch_size = 16;
+  }
   o.train_subset = 2000;  // 31 steps per epoch with 2 workers x 32: the run crosses an epoch
   o.epochs = 3;
   o.out_dir = dir.path() + "/whole";
@@ -185,11 +250,49 @@ TEST_P(Resume, InterruptedAndResumedEqualsUninterrupted) {
   EXPECT_TRUE(fs::exists(dir.path() + "/whole/config.json"));
 }
 
-INSTANTIATE_TEST_SUITE_P(Reducers, Resume, ::testing::Values("dense", "topk:0.05", "exdyna:0.05"),
+INSTANTIATE_TEST_SUITE_P(Reducers, Resume,
+                         ::testing::Values("dense", "topk:0.05", "exdyna:0.05", "dense+accumulate"),
                          [](const auto& info) {
                            std::string name = info.param.substr(0, info.param.find(':'));
+                           if (name == "dense+accumulate") name = "dense_accumulate2";
                            return name;
                          });
+
+// An mgwfbp plan comes from timings, so two runs may plan differently; a resumed run must use
+// the checkpoint's plan (and allreduce switch), not measure a new one. 3 ranks, where the bucket
+// boundaries decide the order of additions: two resumes from one checkpoint end bit-identical,
+// and both ran on the checkpoint's buckets.
+TEST(ResumeMgwfbp, UsesTheCheckpointsPlan) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
+  TempDir dir;
+  auto o = small_run("mlp");
+  o.schedule = "mgwfbp";
+  o.train_subset = 3000;
+  o.epochs = 2;
+  o.out_dir = dir.path() + "/a";
+  o.max_steps = 20;  // planned after 15
+  train_on_threads(3, o);
+  auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    return nlohmann::json::parse(in);
+  };
+  const auto planned = read(dir.path() + "/a/plan.json");
+  fs::copy(dir.path() + "/a", dir.path() + "/b");
+  o.out_dir.clear();
+  o.max_steps = 30;
+  for (const char* run : {"/a", "/b"}) {
+    o.resume = dir.path() + run;
+    train_on_threads(3, o);
+    const auto resumed = read(dir.path() + run + "/plan.json");
+    EXPECT_EQ(resumed.at("plan"), planned.at("plan")) << run;
+    EXPECT_EQ(resumed.at("buckets"), planned.at("buckets")) << run;
+    EXPECT_EQ(resumed.at("measured_steps"), 10) << run;
+  }
+  auto a = train::load_checkpoint_parameters(dir.path() + "/a/checkpoint.pt");
+  auto b = train::load_checkpoint_parameters(dir.path() + "/b/checkpoint.pt");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "parameter " << i;
+}
 
 TEST(BadInput, RanksStartedWithDifferentFlagsAllFailNamingTheFlag) {
   std::vector<std::string> errors(3);

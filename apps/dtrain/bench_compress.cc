@@ -183,11 +183,11 @@ void run(const CompressFlags& f) {
     std::unique_ptr<reduce::ExDynaReducer> reducer;
     std::vector<float> grad;
     const double s = median_seconds(
-        f.iters, [&](int) { reducer->reduce(grad, 1); },
+        f.iters, [&](int) { reducer->reduce_step(1, grad); },
         [&] {
           reducer = std::make_unique<reduce::ExDynaReducer>(*group, opts);
           grad.assign(d, 0.0f);
-          reducer->reduce(grad, 0);
+          reducer->reduce_step(0, grad);
           grad.assign(g.begin(), g.end());
         });
     rows.push_back({"exdyna reducer step, 1 rank", s, bytes, reducer->bucket(0).k_sent * 8});

@@ -52,6 +52,9 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
   cmd->add_option("--epochs", t.epochs, "Epochs")->capture_default_str();
   cmd->add_option("--batch-size", t.batch_size, "Samples per worker per step")
       ->capture_default_str();
+  cmd->add_option("--accumulate", t.accumulate,
+                  "Micro-batches per step: gradients summed, one reduction per step")
+      ->capture_default_str();
   cmd->add_option("--lr", t.lr, "Learning rate")->capture_default_str();
   cmd->add_option("--momentum", t.momentum, "Momentum (optimizer momentum)")->capture_default_str();
   cmd->add_option("--optimizer", t.optimizer, "sgd, momentum or adam")->capture_default_str();
@@ -60,7 +63,9 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
   cmd->add_option("--max-steps", t.max_steps, "Stop after this many steps in total");
   cmd->add_option("--reduce", t.reduce, "Gradient reducer: " + joined(reduce::reducer_names()))
       ->capture_default_str();
-  cmd->add_option("--schedule", t.schedule, "Bucketing: single, wfbp or fused[:MB]")
+  cmd->add_option("--schedule", t.schedule,
+                  "Bucketing: single, wfbp, fused[:MB] or mgwfbp (merge plan from a measured "
+                  "cost model; dense only)")
       ->capture_default_str();
   cmd->add_option("--on-nonfinite", t.on_nonfinite, "NaN/Inf gradients: abort or skip the step")
       ->capture_default_str();

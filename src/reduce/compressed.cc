@@ -1,8 +1,8 @@
 // Compressed gradient reduction (see dtrain/reduce/compressed.h for the protocol and the byte
 // accounting).
 //
-// Works as follows. reduce() numbers the bucket within its step, checks its size against earlier
-// steps and compresses it (through error feedback when on; the residual keeps what this rank's
+// Works as follows. reduce() takes the bucket's index as its stream, checks its size against the
+// layout and compresses it (through error feedback when on; the residual keeps what this rank's
 // payload left out). Summable payloads are summed in place by the ring allreduce, as
 // summable_type() values, and decoded once. Other payloads are gathered: their sizes first, unless
 // the compressor fixes them a priori, then the payloads themselves as 4-byte words (the
@@ -79,22 +79,23 @@ std::string CompressedReducer::name() const {
   return spec;
 }
 
-void CompressedReducer::reduce(std::span<float> grad, uint64_t step) {
-  if (!started_ || step != step_) {
-    started_ = true;
-    step_ = step;
-    bucket_ = 0;
-    step_dense_bytes_ = 0;
-    step_payload_bytes_ = 0;
-    step_blocks_ = step_union_ = step_local_ = 0;
-  }
-  const size_t stream = bucket_++;
-  if (stream == bucket_sizes_.size()) bucket_sizes_.push_back(grad.size());
-  DT_ENFORCE(bucket_sizes_[stream] == grad.size(), "compressed reducer '", name(), "': bucket ",
-             stream, " of step ", step, " has ", grad.size(), " elements but had ",
-             bucket_sizes_[stream], " in earlier steps (buckets must come in the same order and ",
-             "sizes every step)");
+void CompressedReducer::begin_step(uint64_t step) {
+  GradientReducer::begin_step(step);
+  step_dense_bytes_ = 0;
+  step_payload_bytes_ = 0;
+  step_blocks_ = step_union_ = step_local_ = 0;
+}
 
+void CompressedReducer::on_layout(const Layout& previous) {
+  // Residuals are kept per bucket (the compressor's stream); a bucket of the old layout is not a
+  // bucket of the new one, so they restart from zero. Said in the header.
+  if (feedback_ && !previous.buckets.empty()) feedback_->reset();
+}
+
+void CompressedReducer::reduce(size_t bucket, std::span<float> grad) {
+  check_bucket(bucket, grad.size());
+  const uint64_t step = this->step();
+  const size_t stream = bucket;
   compress::Payload payload =
       feedback_ ? feedback_->compress(grad, step, stream) : codec_->compress(grad, step, stream);
   step_dense_bytes_ += grad.size_bytes();

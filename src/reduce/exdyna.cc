@@ -204,14 +204,21 @@ double ExDynaReducer::measured_threshold(std::span<const float> c, size_t begin,
   return lambda > 0 ? lambda : exdyna::initial_threshold(options_.density, c.size());
 }
 
-void ExDynaReducer::reduce(std::span<float> grad, uint64_t step) {
-  if (!in_step_ || step != step_) {
-    in_step_ = true;
-    step_ = step;
-    next_bucket_ = 0;
-    figures_ = {};
-  }
-  const size_t index = next_bucket_++;
+void ExDynaReducer::begin_step(uint64_t step) {
+  GradientReducer::begin_step(step);
+  figures_ = {};
+}
+
+void ExDynaReducer::on_layout(const Layout& previous) {
+  // Partitions, thresholds and residuals belong to a bucket of the old layout: start afresh.
+  if (!previous.buckets.empty()) buckets_.clear();
+}
+
+void ExDynaReducer::reduce(size_t index, std::span<float> grad) {
+  check_bucket(index, grad.size());
+  const uint64_t step = this->step();
+  DT_ENFORCE(index <= buckets_.size(), "exdyna: bucket ", index, " of step ", step,
+             " comes before bucket ", buckets_.size(), " was ever reduced");
   if (index == buckets_.size()) {
     Bucket b;
     b.partitions = exdyna::Partitions(grad.size(), options_.blocks, group_.size());
@@ -429,7 +436,6 @@ void ExDynaReducer::load_state(std::span<const std::byte> state) {
   DT_ENFORCE(r.at == state.size(), "exdyna state: ", state.size() - r.at, " bytes left over after ",
              count, " buckets (", state.size(), " bytes in all)");
   buckets_ = std::move(buckets);
-  in_step_ = false;
   figures_ = {};
 }
 

@@ -20,16 +20,20 @@ std::string OmniReduceReducer::name() const {
       ",colocate=1,slots=", options_.slots, ",fusion=", options_.blocks_per_message);
 }
 
-void OmniReduceReducer::reduce(std::span<float> grad, uint64_t step) {
-  if (step != step_) {
-    if (step_ != UINT64_MAX) {
-      last_blocks_ = blocks_;
-      last_union_ = union_;
-      last_local_ = local_;
-    }
-    step_ = step;
-    blocks_ = union_ = local_ = 0;
-  }
+void OmniReduceReducer::begin_step(uint64_t step) {
+  GradientReducer::begin_step(step);
+  blocks_ = union_ = local_ = 0;
+}
+
+void OmniReduceReducer::end_step() {
+  GradientReducer::end_step();
+  last_blocks_ = blocks_;
+  last_union_ = union_;
+  last_local_ = local_;
+}
+
+void OmniReduceReducer::reduce(size_t bucket, std::span<float> grad) {
+  check_bucket(bucket, grad.size());
   sparse::OmniReduceOptions o = options_;
   o.data = grad;
   // Buckets keep their sizes step after step: the handshake checks each size at first use.
@@ -45,12 +49,10 @@ void OmniReduceReducer::reduce(std::span<float> grad, uint64_t step) {
 }
 
 std::vector<std::pair<std::string, double>> OmniReduceReducer::step_metrics() const {
-  // The current step's figures once it has reduced something, else the previous step's.
-  const bool current = blocks_ > 0;
-  const uint64_t blocks = current ? blocks_ : last_blocks_;
-  if (blocks == 0) return {};
-  return {{"union_density", double(current ? union_ : last_union_) / double(blocks)},
-          {"local_density", double(current ? local_ : last_local_) / double(blocks)}};
+  // The latest finished step's figures.
+  if (last_blocks_ == 0) return {};
+  return {{"union_density", double(last_union_) / double(last_blocks_)},
+          {"local_density", double(last_local_) / double(last_blocks_)}};
 }
 
 std::unique_ptr<GradientReducer> make_omnireduce_reducer(const std::string& params,

@@ -2,22 +2,141 @@
 
 #include "dtrain/collective/allreduce.h"
 #include "dtrain/common/error.h"
+#include "dtrain/common/hash.h"
 #include "dtrain/reduce/compressed.h"
 #include "dtrain/reduce/exdyna.h"
 #include "dtrain/reduce/omnireduce.h"
 
 namespace dtrain::reduce {
 
+uint64_t Layout::hash() const {
+  Fnv1a h;
+  h.value(static_cast<uint64_t>(buckets.size()));
+  for (const auto& b : buckets) {
+    h.value(static_cast<uint64_t>(b.numel)).value(static_cast<uint64_t>(b.tensors.size()));
+    for (const auto& t : b.tensors) {
+      h.str(t.name).value(static_cast<uint64_t>(t.offset)).value(static_cast<uint64_t>(t.numel));
+      h.value(static_cast<uint64_t>(t.shape.size()));
+      for (int64_t d : t.shape) h.value(d);
+    }
+  }
+  return h.digest();
+}
+
+Layout Layout::flat(std::span<const size_t> bucket_sizes) {
+  Layout l;
+  for (size_t i = 0; i < bucket_sizes.size(); ++i) {
+    BucketLayout b;
+    b.numel = bucket_sizes[i];
+    b.tensors.push_back({"bucket" + std::to_string(i), {}, 0, bucket_sizes[i]});
+    l.buckets.push_back(std::move(b));
+  }
+  return l;
+}
+
+bool Layout::operator==(const Layout& o) const {
+  if (buckets.size() != o.buckets.size()) return false;
+  for (size_t i = 0; i < buckets.size(); ++i) {
+    const auto &a = buckets[i], &b = o.buckets[i];
+    if (a.numel != b.numel || a.tensors.size() != b.tensors.size()) return false;
+    for (size_t t = 0; t < a.tensors.size(); ++t) {
+      const auto &x = a.tensors[t], &y = b.tensors[t];
+      if (x.name != y.name || x.shape != y.shape || x.offset != y.offset || x.numel != y.numel) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+void GradientReducer::set_layout(const Layout& layout) {
+  DT_ENFORCE(!in_step_, "reducer '", name(), "': the bucket layout changed inside step ", step_);
+  for (size_t b = 0; b < layout.buckets.size(); ++b) {
+    size_t end = 0;
+    for (const auto& t : layout.buckets[b].tensors) {
+      DT_ENFORCE(t.offset == end, "reducer layout: tensor ", t.name, " of bucket ", b,
+                 " starts at ", t.offset, ", expected ", end, " (tensors must tile the bucket)");
+      end += t.numel;
+    }
+    DT_ENFORCE(end == layout.buckets[b].numel, "reducer layout: bucket ", b, " has ",
+               layout.buckets[b].numel, " elements but its tensors cover ", end);
+  }
+  if (layout == layout_) return;
+  Layout previous = std::move(layout_);
+  layout_ = layout;
+  on_layout(previous);
+}
+
+void GradientReducer::begin_step(uint64_t step) {
+  step_ = step;
+  in_step_ = true;
+}
+
+void GradientReducer::end_step() {
+  in_step_ = false;
+}
+
+void GradientReducer::check_bucket(size_t bucket, size_t grad_size) const {
+  DT_ENFORCE(bucket < layout_.buckets.size(), "reducer '", name(), "': bucket ", bucket,
+             " of step ", step_, " is not in the layout (", layout_.buckets.size(), " buckets)");
+  DT_ENFORCE(layout_.buckets[bucket].numel == grad_size, "reducer '", name(), "': bucket ", bucket,
+             " of step ", step_, " has ", grad_size, " elements but the layout has ",
+             layout_.buckets[bucket].numel,
+             " (buckets must keep their order and sizes until the layout changes)");
+}
+
+void GradientReducer::reduce_step(uint64_t step, std::span<const std::span<float>> buckets) {
+  if (layout_.buckets.empty() && !buckets.empty()) {
+    std::vector<size_t> sizes;
+    for (const auto& b : buckets) sizes.push_back(b.size());
+    set_layout(Layout::flat(sizes));
+  }
+  DT_ENFORCE(buckets.size() == layout_.buckets.size(), "reducer '", name(), "': step ", step,
+             " has ", buckets.size(), " buckets but the layout has ", layout_.buckets.size());
+  begin_step(step);
+  try {
+    for (size_t b = 0; b < buckets.size(); ++b) reduce(b, buckets[b]);
+  } catch (...) {
+    in_step_ = false;
+    throw;
+  }
+  end_step();
+}
+
+void GradientReducer::reduce_step(uint64_t step, std::span<float> bucket) {
+  const std::span<float> one[1] = {bucket};
+  reduce_step(step, one);
+}
+
 void GradientReducer::load_state(std::span<const std::byte> state) {
   DT_ENFORCE(state.empty(), "reducer '", name(), "' keeps no state, but the checkpoint holds ",
              state.size(), " bytes of it (was it written with another --reduce?)");
 }
 
-void DenseReducer::reduce(std::span<float> grad, uint64_t /*step*/) {
+void DenseReducer::on_layout(const Layout& /*previous*/) {
+  verified_.assign(layout().buckets.size(), false);
+}
+
+void DenseReducer::set_size_switch(const collective::AllreduceSwitch& s) {
+  DT_ENFORCE(!in_step(), "dense reducer: the allreduce switch changed inside step ", step());
+  if (s == switch_) return;
+  switch_ = s;
+  verified_.assign(layout().buckets.size(), false);  // the calls change: agree on them again
+}
+
+void DenseReducer::reduce(size_t bucket, std::span<float> grad) {
+  check_bucket(bucket, grad.size());
+  if (group_.generation() != verified_generation_) {  // reconnect(): agree again
+    verified_.assign(layout().buckets.size(), false);
+    verified_generation_ = group_.generation();
+  }
   collective::AllreduceOptions o(group_);
   o.output = grad;
   o.op = collective::ReduceOp::kAvg;
+  o.size_switch = switch_;
+  o.verify = !verified_[bucket];
   collective::allreduce(o);
+  verified_[bucket] = true;
   const int n = group_.size();
   const uint64_t moved = n > 1 ? grad.size_bytes() * 2 * (n - 1) / n : 0;
   bytes_sent_ += moved;

@@ -4,6 +4,7 @@
 
 #include "dtrain/collective/collective.h"
 #include "dtrain/common/error.h"
+#include "dtrain/common/hash.h"
 
 namespace dtrain::torchx {
 
@@ -12,34 +13,9 @@ std::vector<engine::ParamInfo> param_infos(const torch::nn::Module& module) {
   for (const auto& p : module.named_parameters()) {
     DT_ENFORCE(p.value().scalar_type() == torch::kFloat, "parameter ", p.key(),
                " is not float32; the engine reduces float32 gradients");
-    out.push_back({p.key(), static_cast<size_t>(p.value().numel())});
+    out.push_back({p.key(), static_cast<size_t>(p.value().numel()), p.value().sizes().vec()});
   }
   return out;
-}
-
-void attach_hooks(torch::nn::Module& module, engine::GradientEngine& engine) {
-  auto params = module.parameters();
-  for (size_t i = 0; i < params.size(); ++i) {
-    params[i].register_hook([&engine, i](torch::Tensor grad) {
-      auto g = grad.contiguous();
-      engine.on_gradient(i, std::span<const float>(g.data_ptr<float>(), g.numel()));
-    });
-  }
-}
-
-void write_back(torch::nn::Module& module, const engine::GradientEngine& engine) {
-  auto params = module.parameters();
-  torch::NoGradGuard guard;
-  for (size_t i = 0; i < params.size(); ++i) {
-    auto reduced = engine.reduced(i);
-    auto src =
-        torch::from_blob(const_cast<float*>(reduced.data()), params[i].sizes(), torch::kFloat);
-    if (!params[i].mutable_grad().defined()) {
-      params[i].mutable_grad() = src.clone();
-    } else {
-      params[i].mutable_grad().copy_(src);
-    }
-  }
 }
 
 namespace {
@@ -51,17 +27,12 @@ std::vector<torch::Tensor> state_tensors(const torch::nn::Module& module) {
 }  // namespace
 
 uint64_t parameter_checksum(const torch::nn::Module& module) {
-  uint64_t h = 1469598103934665603ull;
+  Fnv1a h;
   for (const auto& t : state_tensors(module)) {
     auto c = t.contiguous();
-    const auto* bytes = static_cast<const uint8_t*>(c.data_ptr());
-    const size_t n = c.numel() * c.element_size();
-    for (size_t i = 0; i < n; ++i) {
-      h ^= bytes[i];
-      h *= 1099511628211ull;
-    }
+    h.bytes(c.data_ptr(), c.numel() * c.element_size());
   }
-  return h;
+  return h.digest();
 }
 
 void broadcast_parameters(torch::nn::Module& module, comm::Group& group) {

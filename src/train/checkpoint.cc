@@ -49,6 +49,7 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch:
                       {"model", meta.model},
                       {"reduce", meta.reduce},
                       {"format", 1}};
+  if (!meta.schedule.is_null()) j["schedule"] = meta.schedule;
   const std::string js = j.dump();
   torch::serialize::OutputArchive archive;
   archive.write("meta", bytes_tensor(js.data(), js.size()));
@@ -82,6 +83,7 @@ CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model
     meta.world_size = j.at("world_size");
     meta.model = j.at("model");
     meta.reduce = j.at("reduce");
+    if (j.contains("schedule")) meta.schedule = j.at("schedule");
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     model.load(model_archive);

@@ -3,14 +3,15 @@
 // Works as follows. Every rank builds the same model from the same seed, then rank 0's parameters
 // are broadcast and verified by checksum. Each epoch, every rank takes a disjoint, equal-size
 // shard of a seeded permutation of the training set, so all ranks run the same number of steps.
-// A step: forward and loss on the local batch; backward, during which the engine's hooks copy
-// gradients into buckets that the communication thread averages while backprop continues;
-// engine.finish() waits for the last bucket; the averaged gradients are written back and the
-// optimizer steps. Because every rank applies the same averaged gradient to the same parameters,
-// the replicas stay identical without further synchronisation. At each epoch's end the test set
-// is evaluated in shards and the counts summed across ranks. Rank 0 writes metrics and
-// checkpoints; a checkpoint records the position inside the epoch, so --resume replays the same
-// batches and, with one intra-op thread, reaches bit-identical parameters.
+// A step: forward and loss on each of --accumulate local micro-batches, and backward, which
+// accumulates straight into the engine's bucket memory (each .grad is a view of it); during the
+// last backward, the accumulator hooks hand full buckets to the communication thread, which
+// averages them in place while backprop continues; engine.finish() waits for the last bucket and
+// the optimizer steps on the averaged .grad. Because every rank applies the same averaged gradient
+// to the same parameters, the replicas stay identical without further synchronisation. At each
+// epoch's end the test set is evaluated in shards and the counts summed across ranks. Rank 0 writes
+// metrics and checkpoints; a checkpoint records the position inside the epoch, so --resume replays
+// the same batches and, with one intra-op thread, reaches bit-identical parameters.
 #include "dtrain/train/trainer.h"
 
 #include <dlfcn.h>
@@ -25,10 +26,14 @@
 #include "data_source.h"
 #include "dtrain/collective/collective.h"
 #include "dtrain/common/error.h"
+#include "dtrain/common/file.h"
+#include "dtrain/common/hash.h"
 #include "dtrain/data/shard.h"
 #include "dtrain/engine/engine.h"
+#include "dtrain/engine/mgwfbp.h"
 #include "dtrain/reduce/reducer.h"
 #include "dtrain/torch/bridge.h"
+#include "dtrain/torch/grad_views.h"
 #include "dtrain/torch/models.h"
 #include "dtrain/train/checkpoint.h"
 #include "dtrain/train/metrics.h"
@@ -40,10 +45,47 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
+double secs(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// What the checkpoint keeps of the bucketing (CheckpointMeta::schedule).
+nlohmann::json schedule_record(const TrainOptions& o, const engine::GradientEngine& eng,
+                               const engine::MgwfbpScheduler* mgwfbp) {
+  nlohmann::json j = {{"spec", o.schedule}, {"buckets", eng.buckets()}};
+  if (mgwfbp && mgwfbp->planned()) j["mgwfbp"] = mgwfbp->record();
+  if (const auto* dense = dynamic_cast<const reduce::DenseReducer*>(&eng.reducer())) {
+    j["allreduce"] = dense->size_switch().str();
+  }
+  return j;
+}
+
+// Reinstalls the checkpoint's buckets when it was written with the same --schedule (a resumed
+// run then sums in the same order; an mgwfbp plan is not measured again). A checkpoint of an
+// mgwfbp run still in its warm-up holds no plan: the warm-up starts again.
+void restore_schedule(const TrainOptions& o, const nlohmann::json& j, engine::GradientEngine& eng,
+                      engine::MgwfbpScheduler* mgwfbp, const std::string& path) {
+  if (j.is_null()) return;
+  try {
+    auto* dense = dynamic_cast<reduce::DenseReducer*>(&eng.reducer());
+    if (dense && j.contains("allreduce")) {
+      dense->set_size_switch(collective::AllreduceSwitch::parse(j.at("allreduce")));
+    }
+    if (j.value("spec", std::string()) != o.schedule) return;
+    if (mgwfbp && j.contains("mgwfbp")) {
+      mgwfbp->restore(j.at("mgwfbp"));
+    } else if (!mgwfbp) {
+      eng.set_buckets(j.at("buckets").get<engine::Buckets>());
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw InvalidArgument("--resume " + path + ": the bucket layout is malformed: " + e.what());
+  }
+}
 
 void validate(const TrainOptions& o) {
   DT_ENFORCE(o.epochs >= 1, "--epochs must be >= 1, got ", o.epochs);
   DT_ENFORCE(o.batch_size >= 1, "--batch-size must be >= 1, got ", o.batch_size);
+  DT_ENFORCE(o.accumulate >= 1, "--accumulate must be >= 1, got ", o.accumulate);
   DT_ENFORCE(o.lr > 0 && std::isfinite(o.lr), "--lr must be a positive number, got ", o.lr);
   DT_ENFORCE(o.momentum >= 0 && o.momentum < 1, "--momentum must be in [0, 1), got ", o.momentum);
   DT_ENFORCE(o.threads >= 1, "--threads must be >= 1, got ", o.threads);
@@ -109,7 +151,8 @@ void write_config(const TrainOptions& o, const TensorData& d, int world, const s
                       {"workers", world},
                       {"epochs", o.epochs},
                       {"batch_size", o.batch_size},
-                      {"global_batch", o.batch_size * world},
+                      {"accumulate", o.accumulate},
+                      {"global_batch", o.batch_size * o.accumulate * world},
                       {"lr", o.lr},
                       {"momentum", o.momentum},
                       {"optimizer", o.optimizer},
@@ -254,6 +297,7 @@ std::vector<std::pair<const char*, std::string>> shared_flags(const TrainOptions
           {"synthetic_test", std::to_string(o.synthetic_test)},
           {"--epochs", std::to_string(o.epochs)},
           {"--batch-size", std::to_string(o.batch_size)},
+          {"--accumulate", std::to_string(o.accumulate)},
           {"--lr", num(o.lr)},
           {"--momentum", num(o.momentum)},
           {"--optimizer", o.optimizer},
@@ -276,8 +320,7 @@ void check_same_flags(const TrainOptions& o, comm::Group& g) {
   const size_t k = flags.size();
   std::vector<int64_t> hashes(k * static_cast<size_t>(g.size()), 0);
   for (size_t i = 0; i < k; ++i) {
-    uint64_t h = 1469598103934665603ull;
-    for (unsigned char ch : flags[i].second) h = (h ^ ch) * 1099511628211ull;
+    const uint64_t h = Fnv1a().bytes(flags[i].second.data(), flags[i].second.size()).digest();
     hashes[static_cast<size_t>(g.rank()) * k + i] = static_cast<int64_t>(h);
   }
   collective::AllgatherOptions ag(g);
@@ -329,9 +372,13 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
              " applies momentum inside the reducer (momentum correction); use --optimizer sgd with "
              "it, not '",
              o.optimizer, "', or drop momentum= from --reduce");
-  engine::GradientEngine eng(torchx::param_infos(*model), engine::Schedule::parse(o.schedule),
-                             std::move(reducer), engine::parse_on_nonfinite(o.on_nonfinite),
-                             &timeline);
+  const engine::Schedule schedule = engine::Schedule::parse(o.schedule);
+  engine::GradientEngine eng(torchx::param_infos(*model), schedule, std::move(reducer),
+                             engine::parse_on_nonfinite(o.on_nonfinite), &timeline);
+  std::unique_ptr<engine::MgwfbpScheduler> mgwfbp;
+  if (schedule.kind == engine::Schedule::Kind::kMgwfbp) {
+    mgwfbp = std::make_unique<engine::MgwfbpScheduler>(eng, g);
+  }
 
   // Where to write, and where to continue from.
   const std::string out_dir = !o.out_dir.empty() ? o.out_dir : o.resume;
@@ -343,11 +390,12 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
                start.world_size, " workers, this job has ", world);
     DT_ENFORCE(start.model == o.model, "--resume ", o.resume, ": the checkpoint holds model '",
                start.model, "', not '", o.model, "'");
+    restore_schedule(o, start.schedule, eng, mgwfbp.get(), o.resume + "/checkpoint.pt");
     eng.reducer().load_state(
         own_reducer_state(reducer_state, g.rank(), world, o.resume + "/checkpoint.pt"));
   }
   torchx::broadcast_parameters(*model, g);
-  torchx::attach_hooks(*model, eng);
+  torchx::GradViews grad_views(*model, eng);
 
   MetricsLog metrics;
   if (lead && !out_dir.empty()) {
@@ -359,21 +407,26 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
     if (out_dir.empty()) return;
     const auto states = gather_reducer_states(g, eng.reducer().save_state());
     if (!lead) return;
-    CheckpointMeta m{step, epoch, position, o.seed, world, o.model, o.reduce};
+    CheckpointMeta m{step,  epoch,   position, o.seed,
+                     world, o.model, o.reduce, schedule_record(o, eng, mgwfbp.get())};
     save_checkpoint(out_dir + "/checkpoint.pt", m, *model, *optimizer, states);
   };
 
   const int64_t n_train = d.x_train.size(0);
-  const int64_t steps_per_epoch = (n_train / world) / o.batch_size;
+  // Every rank takes an equal shard and the same number of whole steps (the remainder is left
+  // out), so no rank runs out of data while the others wait on it.
+  const int64_t per_step = int64_t(o.batch_size) * o.accumulate;
+  const int64_t steps_per_epoch = (n_train / world) / per_step;
   DT_ENFORCE(steps_per_epoch >= 1, "the training set (", n_train, " samples) is too small for ",
-             world, " workers with --batch-size ", o.batch_size);
+             world, " workers with --batch-size ", o.batch_size, " and --accumulate ",
+             o.accumulate);
   Progress progress(o.quiet || !lead, steps_per_epoch);
   if (lead && !o.quiet) {
     std::printf(
-        "training %s on %s: %d workers x batch %d, %lld steps/epoch, reduce %s, "
-        "schedule %s\n",
-        o.model.c_str(), d.description.c_str(), world, o.batch_size, (long long)steps_per_epoch,
-        o.reduce.c_str(), o.schedule.c_str());
+        "training %s on %s: %d workers x batch %d x %d micro-batches, %lld steps/epoch, "
+        "reduce %s, schedule %s\n",
+        o.model.c_str(), d.description.c_str(), world, o.batch_size, o.accumulate,
+        (long long)steps_per_epoch, o.reduce.c_str(), o.schedule.c_str());
     std::fflush(stdout);
   }
 
@@ -383,6 +436,8 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
   double phase[5] = {0, 0, 0, 0, 0};  // data, forward, backward, comm_wait, optimizer
   double loss_sum = 0;
   int64_t loss_count = 0;
+  int64_t planned_steps = 0;  // mgwfbp: steps run on the plan, and their backward + wait time
+  double planned_backward_comm_s = 0;
   bool stop = false;
   int last_epoch = start.epoch;
   int64_t last_position = start.position;
@@ -399,42 +454,63 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
         stop = true;
         break;
       }
+      // One step: `accumulate` micro-batches, each forward + backward into the bucket memory
+      // (the loss scaled by 1/accumulate, so the step's gradient is the mean over all its
+      // samples); the last backward hands the buckets to communication.
       auto t0 = Clock::now();
-      auto bi = index.slice(0, s * o.batch_size, (s + 1) * o.batch_size);
-      auto x = d.x_train.index_select(0, bi);
-      auto y = d.y_train.index_select(0, bi);
-      auto t1 = Clock::now();
-      auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
-      auto t2 = Clock::now();
-      optimizer->zero_grad();
-      eng.begin_step(step);
-      loss.backward();
-      auto t3 = Clock::now();
+      auto t1 = t0, t2 = t0, t3 = t0;
+      double data_s = 0, forward_s = 0, backward_s = 0, l = 0;
+      eng.begin_step(step, o.accumulate);
+      for (int m = 0; m < o.accumulate; ++m) {
+        if (m > 0) eng.next_micro_batch();
+        const int64_t at = s * per_step + m * o.batch_size;
+        t0 = Clock::now();
+        auto bi = index.slice(0, at, at + o.batch_size);
+        auto x = d.x_train.index_select(0, bi);
+        auto y = d.y_train.index_select(0, bi);
+        t1 = Clock::now();
+        auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+        t2 = Clock::now();
+        eng.backward_started();
+        (o.accumulate > 1 ? loss / double(o.accumulate) : loss).backward();
+        t3 = Clock::now();
+        data_s += secs(t0, t1);
+        forward_s += secs(t1, t2);
+        backward_s += secs(t2, t3);
+        l += loss.item<double>() / o.accumulate;
+      }
       bool apply = eng.finish();
       auto t4 = Clock::now();
-      if (apply) {
-        torchx::write_back(*model, eng);
-        optimizer->step();
-      }
+      if (apply) optimizer->step();
       auto t5 = Clock::now();
       timeline.record("backward", engine::Timeline::kCompute, t2, t3, step);
       timeline.record("wait", engine::Timeline::kCompute, t3, t4, step);
       timeline.record("optimizer", engine::Timeline::kCompute, t4, t5, step);
-      auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
-      phase[0] += secs(t0, t1);
-      phase[1] += secs(t1, t2);
-      phase[2] += secs(t2, t3);
+      phase[0] += data_s;
+      phase[1] += forward_s;
+      phase[2] += backward_s;
       phase[3] += secs(t3, t4);
       phase[4] += secs(t4, t5);
+      if (mgwfbp && mgwfbp->planned()) {
+        planned_steps += 1;
+        planned_backward_comm_s += secs(t2, t4);  // the last micro-batch's backward + the wait
+      }
+      if (mgwfbp && mgwfbp->after_step()) {
+        grad_views.refresh();
+        if (lead && !o.quiet) {
+          std::printf("mgwfbp plan after %lld steps:\n%s", (long long)step + 1,
+                      mgwfbp->describe().c_str());
+          std::fflush(stdout);
+        }
+      }
       ++step;
       last_epoch = epoch;
       last_position = s + 1;
-      const double l = loss.item<double>();
       loss_sum += l;
       ++loss_count;
       const double elapsed = since(t_start);
       const double mb = eng.reducer().bytes_sent() / 1e6;
-      progress.step(epoch, s, l, step * double(o.batch_size) * world / std::max(elapsed, 1e-9), mb);
+      progress.step(epoch, s, l, step * double(per_step) * world / std::max(elapsed, 1e-9), mb);
       if (step % o.log_every == 0) {
         double mean_loss = global_mean(l, g);
         nlohmann::json record = {{"kind", "step"},
@@ -442,7 +518,7 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
                                  {"step", step},
                                  {"time_s", elapsed},
                                  {"loss", mean_loss},
-                                 {"samples", (step - start.step) * int64_t(o.batch_size) * world},
+                                 {"samples", (step - start.step) * per_step * world},
                                  {"bytes_sent", eng.reducer().bytes_sent()},
                                  {"bytes_recv", eng.reducer().bytes_received()}};
         // The reducer's own figures of this step (rank 0's: densities, thresholds, ...).
@@ -458,7 +534,7 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
     const double train_loss = global_mean(loss_count ? loss_sum / loss_count : 0.0, g);
     const double epoch_s = since(t_epoch);
     const double elapsed = since(t_start);
-    const double sps = (step - start.step) * double(o.batch_size) * world / std::max(elapsed, 1e-9);
+    const double sps = (step - start.step) * double(per_step) * world / std::max(elapsed, 1e-9);
     metrics.write({{"kind", "epoch"},
                    {"epoch", epoch},
                    {"step", step},
@@ -495,24 +571,56 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
   result.steps = step;
   result.time_s = since(t_start);
   result.samples_per_s =
-      (step - start.step) * double(o.batch_size) * world / std::max(result.time_s, 1e-9);
+      (step - start.step) * double(per_step) * world / std::max(result.time_s, 1e-9);
   result.bytes_sent = eng.reducer().bytes_sent();
   result.bytes_received = eng.reducer().bytes_received();
   result.comm_s = eng.stats().comm_s;
   result.comm_wait_s = eng.stats().wait_s;
   result.comm_hidden_s = eng.stats().hidden_s;
   result.skipped_steps = eng.stats().skipped_steps;
-  metrics.write({{"kind", "final"},
-                 {"time_s", result.time_s},
-                 {"steps", step},
-                 {"test_accuracy", result.test_accuracy},
-                 {"samples_per_s", result.samples_per_s},
-                 {"bytes_sent", result.bytes_sent},
-                 {"bytes_recv", result.bytes_received},
-                 {"comm_s", result.comm_s},
-                 {"comm_wait_s", result.comm_wait_s},
-                 {"comm_hidden_s", result.comm_hidden_s},
-                 {"skipped_steps", result.skipped_steps}});
+  nlohmann::json final_extra = nlohmann::json::object();
+  if (mgwfbp && mgwfbp->planned()) {
+    // Predicted against measured backward + non-overlapped communication per step (the last
+    // micro-batch's backward and finish()'s wait), over the steps that ran on the plan.
+    const double measured = planned_steps > 0 ? planned_backward_comm_s / planned_steps : 0;
+    nlohmann::json predicted = {{"mgwfbp", mgwfbp->predicted_s()}};
+    for (const char* other : {"single", "wfbp", "fused:25"}) {
+      predicted[other] = mgwfbp->predict(engine::Schedule::parse(other));
+    }
+    final_extra = {{"mgwfbp_predicted_s", mgwfbp->predicted_s()},
+                   {"mgwfbp_measured_s", measured},
+                   {"mgwfbp_planned_steps", planned_steps}};
+    if (lead && !o.quiet) {
+      std::printf(
+          "mgwfbp: predicted backward+communication %.3f ms/step, measured %.3f ms/step over %lld "
+          "steps (%+.1f%%); the same model predicts single %.3f, wfbp %.3f, fused:25 %.3f ms\n",
+          1e3 * mgwfbp->predicted_s(), 1e3 * measured, (long long)planned_steps,
+          measured > 0 ? 100.0 * (mgwfbp->predicted_s() / measured - 1) : 0.0,
+          1e3 * predicted["single"].get<double>(), 1e3 * predicted["wfbp"].get<double>(),
+          1e3 * predicted["fused:25"].get<double>());
+    }
+    if (lead && !out_dir.empty()) {
+      nlohmann::json record = mgwfbp->record();
+      record["predicted_s"] = predicted;
+      record["measured_s"] = measured;
+      record["measured_steps"] = planned_steps;
+      const std::string text = record.dump(2) + "\n";
+      write_file_atomic(out_dir + "/plan.json", text, /*durable=*/false);
+    }
+  }
+  nlohmann::json final_record = {{"kind", "final"},
+                                 {"time_s", result.time_s},
+                                 {"steps", step},
+                                 {"test_accuracy", result.test_accuracy},
+                                 {"samples_per_s", result.samples_per_s},
+                                 {"bytes_sent", result.bytes_sent},
+                                 {"bytes_recv", result.bytes_received},
+                                 {"comm_s", result.comm_s},
+                                 {"comm_wait_s", result.comm_wait_s},
+                                 {"comm_hidden_s", result.comm_hidden_s},
+                                 {"skipped_steps", result.skipped_steps}};
+  final_record.update(final_extra);
+  metrics.write(final_record);
   if (!o.timeline.empty()) write_timeline(timeline, o.timeline, g);
   return result;
 }

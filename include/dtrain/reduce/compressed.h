@@ -15,9 +15,9 @@
 // diverge when gamma > 1): a larger beta is rejected, and the default is 1/(1+gamma) when
 // gamma >= 1.
 //
-// Each reduce() call is one bucket; calls within a step are numbered 0, 1, ... (reset when `step`
-// changes) and that number is the compressor's stream and the error-feedback residual's key, so
-// buckets must come in the same order and sizes every step (checked). The result is the average
+// The bucket's index is the compressor's stream and the error-feedback residual's key; sizes are
+// checked against the layout. A new layout (set_layout) restarts the residuals from zero: a bucket
+// of the old layout holds other parameters than the new one's. The result is the average
 // over ranks, bit-identical on every rank:
 //  - summable compressors: one ring allreduce (sum) of the payloads as summable_type(), then
 //    decompress and multiply by 1/N;
@@ -56,7 +56,8 @@ class CompressedReducer : public GradientReducer {
   CompressedReducer(comm::Group& group, std::unique_ptr<compress::Compressor> compressor,
                     bool error_feedback, double beta = 1.0, OmniReduceVia via = {});
 
-  void reduce(std::span<float> grad, uint64_t step) override;
+  void begin_step(uint64_t step) override;
+  void reduce(size_t bucket, std::span<float> grad) override;
   // Canonical spec, e.g. "topk:density=0.01,ef=1"; make_compressed_reducer(name()) rebuilds it.
   std::string name() const override;
   // Error-feedback residuals (empty without error feedback), tagged with name(): loading state of
@@ -71,6 +72,7 @@ class CompressedReducer : public GradientReducer {
   bool error_feedback() const { return feedback_ != nullptr; }
 
  private:
+  void on_layout(const Layout& previous) override;
   void allreduce_payload(compress::Payload& payload);
   void gather_and_decode(const compress::Payload& payload, std::span<float> grad, uint64_t step,
                          uint64_t stream);
@@ -81,10 +83,6 @@ class CompressedReducer : public GradientReducer {
   std::unique_ptr<compress::Compressor> compressor_;   // set without error feedback
   std::unique_ptr<compress::ErrorFeedback> feedback_;  // owns the compressor with it
   compress::Compressor* codec_;                        // whichever of the two is in use
-  bool started_ = false;
-  uint64_t step_ = 0;
-  size_t bucket_ = 0;                 // calls so far within step_
-  std::vector<size_t> bucket_sizes_;  // by bucket index, from the first step that had it
   uint64_t step_dense_bytes_ = 0;
   uint64_t step_payload_bytes_ = 0;
   OmniReduceVia via_;

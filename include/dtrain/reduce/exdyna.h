@@ -138,9 +138,9 @@ double next_threshold(double lambda, uint64_t k_sent, double k, const ExDynaOpti
 
 }  // namespace exdyna
 
-// The exdyna reducer. State is kept per bucket, keyed by the call's index within a step (the
-// engine reduces buckets in the same order every step); a bucket whose size differs from its
-// state's is an InvalidArgument. A worker whose partition has nothing above lambda sends the
+// The exdyna reducer. State is kept per bucket index of the layout; a new layout starts every
+// bucket afresh (partitions, threshold, residual); a bucket whose size differs from its state's
+// is an InvalidArgument. A worker whose partition has nothing above lambda sends the
 // partition's largest-magnitude element alone. Non-finite gradients are not filtered here (NaN
 // is never selected and stays in the residual): the engine checks every bucket before reduce.
 // Bytes count the payload of the ring collectives per rank (see exdyna.cc). The threshold moves
@@ -158,7 +158,8 @@ class ExDynaReducer : public GradientReducer {
   };
 
   ExDynaReducer(comm::Group& group, ExDynaOptions options);
-  void reduce(std::span<float> grad, uint64_t step) override;
+  void begin_step(uint64_t step) override;
+  void reduce(size_t bucket, std::span<float> grad) override;
   std::string name() const override { return "exdyna"; }
   std::vector<std::byte> save_state() const override;
   void load_state(std::span<const std::byte> state) override;
@@ -173,6 +174,7 @@ class ExDynaReducer : public GradientReducer {
   const Bucket& bucket(size_t i) const { return buckets_.at(i); }
 
  private:
+  void on_layout(const Layout& previous) override;
   double measured_threshold(std::span<const float> c, size_t begin, size_t end);
   template <typename Index>
   void reduce_bucket(Bucket& b, std::span<float> grad, uint64_t step, std::vector<Index>& mine,
@@ -181,9 +183,6 @@ class ExDynaReducer : public GradientReducer {
   comm::Group& group_;
   ExDynaOptions options_;
   std::vector<Bucket> buckets_;
-  bool in_step_ = false;
-  uint64_t step_ = 0;
-  size_t next_bucket_ = 0;
   // Scratch reused across calls: own and gathered indices (32-bit while d < 2^32), values.
   std::vector<uint32_t> mine32_, all32_;
   std::vector<uint64_t> mine64_, all64_;

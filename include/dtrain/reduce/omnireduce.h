@@ -17,7 +17,9 @@ class OmniReduceReducer : public GradientReducer {
  public:
   // `options.group` and `options.data` are filled per call; the rest is used as given.
   OmniReduceReducer(comm::Group& group, const sparse::OmniReduceOptions& options);
-  void reduce(std::span<float> grad, uint64_t step) override;
+  void begin_step(uint64_t step) override;
+  void reduce(size_t bucket, std::span<float> grad) override;
+  void end_step() override;
   std::string name() const override;
   // Per step, over all buckets: "union_density" (blocks non-zero at some worker / blocks) and
   // "local_density" (this rank's non-zero blocks / blocks).
@@ -27,7 +29,6 @@ class OmniReduceReducer : public GradientReducer {
   comm::Group& group_;
   sparse::OmniReduceOptions options_;
   std::set<size_t> verified_;  // bucket sizes whose call handshake passed: verified at first use
-  uint64_t step_ = UINT64_MAX;
   uint64_t blocks_ = 0, union_ = 0, local_ = 0;                 // of the current step
   uint64_t last_blocks_ = 0, last_union_ = 0, last_local_ = 0;  // of the last finished step
 };

@@ -1,7 +1,18 @@
 // GradientReducer: what the engine calls on each bucket of gradients. It leaves the aggregated
 // (averaged) gradient in place and counts the bytes it moved. Implementations combine a compressor
-// with a communication pattern; a spec string picks one (`dense`, later `omnireduce:block=256`,
-// `topk:0.01+allgather`, `exdyna:0.001`, `qcs:ratio=32`).
+// with a communication pattern; a spec string picks one (`dense`, `omnireduce:block=256`,
+// `topk:0.01`, `exdyna:0.001`, `qcs:rows=32`).
+//
+// The protocol, run on one thread, in the same order on every rank:
+//   set_layout(layout)          before the first step, and again whenever the buckets change
+//                               (a new MG-WFBP plan, a bucket rebuild); the reducer resets or
+//                               re-keys its per-bucket state in on_layout()
+//   begin_step(step)            once per step, before its first bucket
+//   reduce(b, grad)             for b = 0, 1, ..., B-1, in bucket-index order
+//   end_step()                  after the last bucket of the step
+// A reducer therefore knows which bucket it reduces, the parameters (names, shapes) in it, and
+// where a step begins and ends; it never counts its own calls. reduce_step() runs a whole step
+// for callers that hold their buckets themselves (tests, benchmarks).
 #pragma once
 
 #include <cstdint>
@@ -11,20 +22,57 @@
 #include <utility>
 #include <vector>
 
+#include "dtrain/collective/allreduce.h"
 #include "dtrain/comm/group.h"
 
 namespace dtrain::reduce {
 
+// One parameter's place in a bucket: elements [offset, offset + numel) of the bucket.
+struct TensorSlot {
+  std::string name;
+  std::vector<int64_t> shape;  // empty: a flat vector of numel elements
+  size_t offset = 0;
+  size_t numel = 0;
+};
+
+struct BucketLayout {
+  size_t numel = 0;
+  std::vector<TensorSlot> tensors;
+};
+
+struct Layout {
+  std::vector<BucketLayout> buckets;
+  // FNV-1a over bucket sizes and tensor names, shapes and offsets: equal layouts, equal hashes.
+  uint64_t hash() const;
+  // One flat tensor per bucket ("bucket<i>"), for callers without parameter shapes.
+  static Layout flat(std::span<const size_t> bucket_sizes);
+  bool operator==(const Layout&) const;
+};
+
 class GradientReducer {
  public:
   virtual ~GradientReducer() = default;
-  // Reduce one bucket in place. Called in bucket-index order, the same order on every rank.
-  virtual void reduce(std::span<float> grad, uint64_t step) = 0;
+
+  // Installs the bucket layout. When it differs from the current one, on_layout() is called so
+  // the reducer can reset or re-key its per-bucket state. Not during a step.
+  void set_layout(const Layout& layout);
+  const Layout& layout() const { return layout_; }
+  virtual void begin_step(uint64_t step);
+  // Reduce bucket `bucket` in place. grad.size() must be the layout's numel for the bucket.
+  virtual void reduce(size_t bucket, std::span<float> grad) = 0;
+  virtual void end_step();
+
+  // A whole step over `buckets` (in bucket order); installs Layout::flat of their sizes when no
+  // layout is set yet. A later size change is an InvalidArgument naming the bucket.
+  void reduce_step(uint64_t step, std::span<const std::span<float>> buckets);
+  void reduce_step(uint64_t step, std::span<float> bucket);
+
   virtual std::string name() const = 0;
   // Bytes this rank has sent and received so far (payload on the wire).
   uint64_t bytes_sent() const { return bytes_sent_; }
   uint64_t bytes_received() const { return bytes_received_; }
-  // Reducer state saved in checkpoints (e.g. error-feedback residuals); empty by default.
+  // Reducer state saved in checkpoints (e.g. error-feedback residuals); empty by default. The
+  // state belongs to the current layout: restore the layout first, then the state.
   virtual std::vector<std::byte> save_state() const { return {}; }
   virtual void load_state(std::span<const std::byte> state);
   // Figures of the latest step worth logging (e.g. ExDyna's achieved density, threshold and
@@ -36,19 +84,45 @@ class GradientReducer {
   virtual bool applies_momentum() const { return false; }
 
  protected:
+  // Called by set_layout() after layout() has changed; `previous` is the old layout (empty
+  // before the first). The default keeps nothing per bucket, so does nothing.
+  virtual void on_layout(const Layout& previous) {}
+  // Throws InvalidArgument unless `bucket` exists in the layout with grad_size elements.
+  void check_bucket(size_t bucket, size_t grad_size) const;
+  uint64_t step() const { return step_; }
+  bool in_step() const { return in_step_; }
+
   uint64_t bytes_sent_ = 0;
   uint64_t bytes_received_ = 0;
+
+ private:
+  Layout layout_;
+  uint64_t step_ = 0;
+  bool in_step_ = false;
 };
 
-// Averages with our ring allreduce: each rank sends and receives 2(N-1)/N of the bucket.
+// Averages with our allreduce (ring for large buckets, halving-doubling for small ones): each
+// rank sends and receives about 2(N-1)/N of the bucket. The call agreement (sizes, type, op) is
+// checked on the first step of each layout and after a reconnect(); later calls skip that round
+// (a mismatch then never pairs and fails at the deadline, naming the ranks).
 class DenseReducer : public GradientReducer {
  public:
   explicit DenseReducer(comm::Group& group) : group_(group) {}
-  void reduce(std::span<float> grad, uint64_t step) override;
+  void reduce(size_t bucket, std::span<float> grad) override;
   std::string name() const override { return "dense"; }
+  // Which allreduce runs at which size. Algorithms add in different orders, so a checkpoint
+  // stores it and a resumed run sets it back (bit-exact resume across versions of the default).
+  const collective::AllreduceSwitch& size_switch() const { return switch_; }
+  void set_size_switch(const collective::AllreduceSwitch& s);
+
+ protected:
+  void on_layout(const Layout& previous) override;
 
  private:
   comm::Group& group_;
+  collective::AllreduceSwitch switch_;
+  std::vector<bool> verified_;  // per bucket, for verified_generation_
+  uint64_t verified_generation_ = 0;
 };
 
 // Names the registry knows, for help texts and errors.

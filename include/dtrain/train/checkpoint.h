@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include <string>
 #include <vector>
 
@@ -17,6 +19,10 @@ struct CheckpointMeta {
   int world_size = 1;
   std::string model;
   std::string reduce;
+  // How gradients were bucketed and reduced, so a resumed run sums in the same order:
+  // {"buckets": [[param, ...], ...], "allreduce": switch, "mgwfbp": plan record}. Null in
+  // checkpoints of older versions (their buckets follow from --schedule).
+  nlohmann::json schedule;
 };
 
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,

@@ -25,7 +25,8 @@ struct TrainOptions {
   size_t synthetic_test = 20000;
   // Optimisation
   int epochs = 2;
-  int batch_size = 64;  // per worker
+  int batch_size = 64;  // per worker and micro-batch
+  int accumulate = 1;   // micro-batches per step (gradients summed, one reduction per step)
   double lr = 0.001;
   double momentum = 0.9;           // for optimizer "momentum"
   std::string optimizer = "adam";  // sgd | momentum | adam
@@ -33,7 +34,7 @@ struct TrainOptions {
   int64_t max_steps = -1;  // stop after this many steps in total (tests, quick looks)
   // Communication
   std::string reduce = "dense";
-  std::string schedule = "fused:25";
+  std::string schedule = "fused:25";  // single | wfbp | fused[:MB] | mgwfbp
   std::string on_nonfinite = "abort";
   // Output
   std::string out_dir;           // config.json, metrics.jsonl, checkpoint.pt
