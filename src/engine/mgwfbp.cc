@@ -68,7 +68,16 @@ bool MgwfbpScheduler::after_step() {
   const auto* dense = dynamic_cast<const reduce::DenseReducer*>(&engine_.reducer());
   const collective::AllreduceSwitch size_switch =
       dense ? dense->size_switch() : collective::AllreduceSwitch{};
-  cost_ = plan::measure(group_, sizes, options_.allreduce_iters, [&](std::span<float> data) {
+  // Up to 256 KiB every size gets allreduce_iters calls; above, proportionally fewer (at least
+  // 5): large calls vary less relative to their time, and on a slow link 40 calls of the whole
+  // model would cost seconds.
+  std::vector<int> iters;
+  for (uint64_t s : sizes) {
+    const double scaled = double(options_.allreduce_iters) * double(256 << 10) / double(s);
+    iters.push_back(std::clamp(static_cast<int>(scaled), std::min(5, options_.allreduce_iters),
+                               options_.allreduce_iters));
+  }
+  cost_ = plan::measure(group_, sizes, iters, [&](std::span<float> data) {
     collective::AllreduceOptions o(group_);
     o.output = data;
     o.op = collective::ReduceOp::kAvg;

@@ -27,9 +27,9 @@
 namespace dtrain::engine {
 
 struct MgwfbpOptions {
-  int skip_steps = 3;     // first steps not timed
-  int warmup_steps = 12;  // steps timed for tb (after skip_steps)
-  int allreduce_iters = 15;
+  int skip_steps = 3;        // first steps not timed
+  int warmup_steps = 12;     // steps timed for tb (after skip_steps)
+  int allreduce_iters = 40;  // per size up to 256 KiB; fewer above (at least 5)
 };
 
 class MgwfbpScheduler {

@@ -22,7 +22,8 @@ namespace dtrain::plan {
 struct CostModel {
   double alpha_s = 0;          // start-up seconds
   double beta_s_per_byte = 0;  // seconds per byte
-  // (bytes, median seconds), strictly increasing in bytes; empty: time() uses the line.
+  // (bytes, seconds: mean of the calls without the slowest tenth), strictly increasing in bytes;
+  // empty: time() uses the line.
   std::vector<std::pair<uint64_t, double>> table;
 
   // Predicted seconds to allreduce `bytes`.
@@ -43,10 +44,14 @@ struct CostModel {
 // Times `run` (an allreduce of a float span, e.g. the reducer's dense path) on every size in
 // `sizes_bytes` (rounded up to whole floats): `warmup` untimed calls, then `iters` timed calls,
 // each started right after a barrier. Each call's time is the maximum over ranks (one
-// allreduce(max) at the end), each size's time the median over its calls, and the model is
-// fitted from those, so every rank returns the same model. Collective: every rank must call it
-// with the same sizes and iteration counts.
+// allreduce(max) at the end), each size's time the mean of its calls without the slowest tenth, and
+// the model is fitted from those, so every rank returns the same model. Collective: every rank must
+// call it with the same sizes and iteration counts.
 CostModel measure(comm::Group& group, const std::vector<uint64_t>& sizes_bytes, int iters,
                   const std::function<void(std::span<float>)>& run, int warmup = 2);
+// The same with an iteration count per size (large sizes, slow and steady, need fewer calls).
+CostModel measure(comm::Group& group, const std::vector<uint64_t>& sizes_bytes,
+                  const std::vector<int>& iters, const std::function<void(std::span<float>)>& run,
+                  int warmup = 2);
 
 }  // namespace dtrain::plan
