@@ -343,6 +343,14 @@ TEST(BadInput, NamesTheFlagAndTheChoices) {
   o.lr = -1;
   expect_invalid(o, "--lr");
   o = small_run("mlp");
+  o.accumulate = 0;
+  expect_invalid(o, "--accumulate must be >= 1");
+  o = small_run("mlp");
+  o.schedule = "mgwfbp";
+  o.reduce = "topk:0.01";
+  expect_invalid(o, "--schedule mgwfbp plans the dense allreduce");
+  EXPECT_THROW(train::validate(o), InvalidArgument);  // what the CLI checks before any worker
+  o = small_run("mlp");
   o.data_dir = "/nonexistent/fmnist";
   expect_invalid(o, "dataset-fashion-mnist");
 }

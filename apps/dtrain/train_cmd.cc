@@ -80,19 +80,8 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
   cmd->add_option("--threads", t.threads, "LibTorch/OpenBLAS threads per worker")
       ->capture_default_str();
   cmd->callback([f, argc, argv, &exit_code] {
-    // Check names before starting processes, so a typo fails once and fast.
-    auto models = torchx::model_names();
-    if (std::find(models.begin(), models.end(), f->train.model) == models.end()) {
-      throw InvalidArgument("--model '" + f->train.model + "' is not one of " + joined(models));
-    }
-    engine::Schedule::parse(f->train.schedule);
-    engine::parse_on_nonfinite(f->train.on_nonfinite);
-    std::string reducer = f->train.reduce.substr(0, f->train.reduce.find(':'));
-    auto names = reduce::reducer_names();
-    if (std::find(names.begin(), names.end(), reducer) == names.end()) {
-      throw InvalidArgument("--reduce '" + f->train.reduce + "': unknown reducer '" + reducer +
-                            "' (valid: " + joined(names) + ")");
-    }
+    // Check every flag before starting processes, so a mistake fails once and fast.
+    train::validate(f->train);
     if (!running_as_rank() && f->group.rank < 0 && f->workers > 1) {
       LaunchOptions lo;
       lo.workers = f->workers;

@@ -223,8 +223,12 @@ void GradientEngine::backward_started() {
 }
 
 void GradientEngine::check_accumulate(size_t index) {
-  DT_ENFORCE(index < params_.size(), "gradient for unknown parameter ", index);
   std::lock_guard<std::mutex> lock(mu_);
+  check_accumulate_locked(index);
+}
+
+void GradientEngine::check_accumulate_locked(size_t index) const {
+  DT_ENFORCE(index < params_.size(), "gradient for unknown parameter ", index);
   DT_ENFORCE(in_step_, "gradient for ", params_[index].name,
              " outside a step (call begin_step before backward)");
   DT_ENFORCE(
@@ -247,8 +251,8 @@ void GradientEngine::note_ready(size_t index) {
 }
 
 void GradientEngine::mark_ready(size_t index) {
-  check_accumulate(index);
   std::lock_guard<std::mutex> lock(mu_);
+  check_accumulate_locked(index);
   if (reducing()) note_ready(index);
 }
 

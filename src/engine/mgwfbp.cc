@@ -31,14 +31,17 @@ std::string broadcast_text(comm::Group& g, const std::string& text) {
 }  // namespace
 
 MgwfbpScheduler::MgwfbpScheduler(GradientEngine& engine, comm::Group& group, MgwfbpOptions options)
-    : engine_(engine), group_(group), options_(options) {
+    : engine_(engine),
+      group_(group),
+      options_(options),
+      dense_(dynamic_cast<const reduce::DenseReducer*>(&engine.reducer())) {
   DT_ENFORCE(
       options_.skip_steps >= 0 && options_.warmup_steps >= 1 && options_.allreduce_iters >= 1,
       "mgwfbp: skip ", options_.skip_steps, ", warm-up ", options_.warmup_steps,
       " and allreduce iterations ", options_.allreduce_iters, " must be >= 0, 1, 1");
-  DT_ENFORCE(engine_.reducer().name() == "dense",
-             "--schedule mgwfbp plans the dense allreduce "
-             "(its cost model times our allreduce); --reduce ",
+  DT_ENFORCE(dense_ != nullptr,
+             "--schedule mgwfbp plans the dense allreduce (its cost model "
+             "times our allreduce); --reduce ",
              engine_.reducer().name(),
              " has other costs: use --schedule fused, wfbp or single with it");
   gaps_.resize(engine_.num_params());
@@ -65,9 +68,7 @@ bool MgwfbpScheduler::after_step() {
   for (uint64_t s = 4096; s < total_bytes; s *= 4) sizes.push_back(s);
   sizes.push_back(std::max<uint64_t>(total_bytes, 4));
   std::set<size_t> verified;
-  const auto* dense = dynamic_cast<const reduce::DenseReducer*>(&engine_.reducer());
-  const collective::AllreduceSwitch size_switch =
-      dense ? dense->size_switch() : collective::AllreduceSwitch{};
+  const collective::AllreduceSwitch size_switch = dense_->size_switch();
   // Up to 256 KiB every size gets allreduce_iters calls; above, proportionally fewer (at least
   // 5): large calls vary less relative to their time, and on a slow link 40 calls of the whole
   // model would cost seconds.

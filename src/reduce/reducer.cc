@@ -2,26 +2,11 @@
 
 #include "dtrain/collective/allreduce.h"
 #include "dtrain/common/error.h"
-#include "dtrain/common/hash.h"
 #include "dtrain/reduce/compressed.h"
 #include "dtrain/reduce/exdyna.h"
 #include "dtrain/reduce/omnireduce.h"
 
 namespace dtrain::reduce {
-
-uint64_t Layout::hash() const {
-  Fnv1a h;
-  h.value(static_cast<uint64_t>(buckets.size()));
-  for (const auto& b : buckets) {
-    h.value(static_cast<uint64_t>(b.numel)).value(static_cast<uint64_t>(b.tensors.size()));
-    for (const auto& t : b.tensors) {
-      h.str(t.name).value(static_cast<uint64_t>(t.offset)).value(static_cast<uint64_t>(t.numel));
-      h.value(static_cast<uint64_t>(t.shape.size()));
-      for (int64_t d : t.shape) h.value(d);
-    }
-  }
-  return h.digest();
-}
 
 Layout Layout::flat(std::span<const size_t> bucket_sizes) {
   Layout l;
@@ -32,21 +17,6 @@ Layout Layout::flat(std::span<const size_t> bucket_sizes) {
     l.buckets.push_back(std::move(b));
   }
   return l;
-}
-
-bool Layout::operator==(const Layout& o) const {
-  if (buckets.size() != o.buckets.size()) return false;
-  for (size_t i = 0; i < buckets.size(); ++i) {
-    const auto &a = buckets[i], &b = o.buckets[i];
-    if (a.numel != b.numel || a.tensors.size() != b.tensors.size()) return false;
-    for (size_t t = 0; t < a.tensors.size(); ++t) {
-      const auto &x = a.tensors[t], &y = b.tensors[t];
-      if (x.name != y.name || x.shape != y.shape || x.offset != y.offset || x.numel != y.numel) {
-        return false;
-      }
-    }
-  }
-  return true;
 }
 
 void GradientReducer::set_layout(const Layout& layout) {

@@ -10,6 +10,7 @@
 
 #include "dtrain/common/error.h"
 #include "dtrain/common/file.h"
+#include "dtrain/reduce/reducer.h"
 
 namespace dtrain::train {
 namespace {
@@ -134,6 +135,107 @@ std::vector<torch::Tensor> load_checkpoint_parameters(const std::string& path) {
   std::vector<torch::Tensor> out;
   collect_tensors(model_archive, out);
   return out;
+}
+
+// Reducer states differ per rank (error-feedback residuals are each rank's own), so a checkpoint
+// keeps all of them: rank 0 collects every rank's state into one blob,
+//   "DTRS" u32 magic, u32 version 1, u64 world, then per rank u64 size + bytes,
+// or an empty blob when no rank has state (dense). Every rank calls this at the same points.
+constexpr uint32_t kReducerStatesMagic = 0x53525444;  // "DTRS" little-endian
+
+std::vector<std::byte> gather_reducer_states(comm::Group& g, const std::vector<std::byte>& mine) {
+  const uint64_t tag = g.next_tag();
+  if (g.rank() != 0) {
+    g.send(0, tag, mine);
+    return {};
+  }
+  std::vector<std::vector<std::byte>> all(g.size());
+  all[0] = mine;
+  bool any = !mine.empty();
+  for (int r = 1; r < g.size(); ++r) {
+    all[r] = g.recv(r, tag).bytes;
+    any |= !all[r].empty();
+  }
+  if (!any) return {};
+  std::vector<std::byte> blob;
+  auto put = [&](const void* p, size_t n) {
+    const auto* b = static_cast<const std::byte*>(p);
+    blob.insert(blob.end(), b, b + n);
+  };
+  const uint32_t head[2] = {kReducerStatesMagic, 1};
+  const uint64_t world = static_cast<uint64_t>(g.size());
+  put(head, sizeof(head));
+  put(&world, sizeof(world));
+  for (const auto& s : all) {
+    const uint64_t n = s.size();
+    put(&n, sizeof(n));
+    put(s.data(), s.size());
+  }
+  return blob;
+}
+
+// This rank's part of a blob written by gather_reducer_states (empty blob: no state).
+std::vector<std::byte> own_reducer_state(const std::vector<std::byte>& blob, int rank, int world,
+                                         const std::string& path) {
+  if (blob.empty()) return {};
+  size_t at = 0;
+  auto get = [&](void* p, size_t n) {
+    DT_ENFORCE(at + n <= blob.size(), "--resume ", path, ": the reducer state is truncated");
+    std::memcpy(p, blob.data() + at, n);
+    at += n;
+  };
+  uint32_t head[2];
+  uint64_t n_ranks = 0;
+  get(head, sizeof(head));
+  DT_ENFORCE(head[0] == kReducerStatesMagic && head[1] == 1, "--resume ", path,
+             ": the reducer state is not in a format this version reads");
+  get(&n_ranks, sizeof(n_ranks));
+  DT_ENFORCE(n_ranks == static_cast<uint64_t>(world), "--resume ", path,
+             ": the reducer state holds ", n_ranks, " ranks, this job has ", world);
+  std::vector<std::byte> mine;
+  for (int r = 0; r < world; ++r) {
+    uint64_t n = 0;
+    get(&n, sizeof(n));
+    DT_ENFORCE(n <= blob.size() - at, "--resume ", path, ": the reducer state is truncated");
+    if (r == rank) mine.assign(blob.begin() + at, blob.begin() + at + n);
+    at += n;
+  }
+  DT_ENFORCE(at == blob.size(), "--resume ", path, ": the reducer state has trailing bytes");
+  return mine;
+}
+
+// What the checkpoint keeps of the bucketing (CheckpointMeta::schedule).
+nlohmann::json schedule_record(const std::string& schedule, const engine::GradientEngine& eng,
+                               const engine::MgwfbpScheduler* mgwfbp) {
+  nlohmann::json j = {{"spec", schedule}, {"buckets", eng.buckets()}};
+  if (mgwfbp && mgwfbp->planned()) j["mgwfbp"] = mgwfbp->record();
+  if (const auto* dense = dynamic_cast<const reduce::DenseReducer*>(&eng.reducer())) {
+    j["allreduce"] = dense->size_switch().str();
+  }
+  return j;
+}
+
+// Reinstalls the checkpoint's buckets when it was written with the same --schedule (a resumed
+// run then sums in the same order; an mgwfbp plan is not measured again). A checkpoint of an
+// mgwfbp run still in its warm-up holds no plan: the warm-up starts again.
+void restore_schedule(const std::string& schedule, const nlohmann::json& j,
+                      engine::GradientEngine& eng, engine::MgwfbpScheduler* mgwfbp,
+                      const std::string& path) {
+  if (j.is_null()) return;
+  try {
+    auto* dense = dynamic_cast<reduce::DenseReducer*>(&eng.reducer());
+    if (dense && j.contains("allreduce")) {
+      dense->set_size_switch(collective::AllreduceSwitch::parse(j.at("allreduce")));
+    }
+    if (j.value("spec", std::string()) != schedule) return;
+    if (mgwfbp && j.contains("mgwfbp")) {
+      mgwfbp->restore(j.at("mgwfbp"));
+    } else if (!mgwfbp) {
+      eng.set_buckets(j.at("buckets").get<engine::Buckets>());
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw InvalidArgument("--resume " + path + ": the bucket layout is malformed: " + e.what());
+  }
 }
 
 }  // namespace dtrain::train

@@ -16,6 +16,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -47,52 +48,6 @@ double since(Clock::time_point t) {
 }
 double secs(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
-}
-
-// What the checkpoint keeps of the bucketing (CheckpointMeta::schedule).
-nlohmann::json schedule_record(const TrainOptions& o, const engine::GradientEngine& eng,
-                               const engine::MgwfbpScheduler* mgwfbp) {
-  nlohmann::json j = {{"spec", o.schedule}, {"buckets", eng.buckets()}};
-  if (mgwfbp && mgwfbp->planned()) j["mgwfbp"] = mgwfbp->record();
-  if (const auto* dense = dynamic_cast<const reduce::DenseReducer*>(&eng.reducer())) {
-    j["allreduce"] = dense->size_switch().str();
-  }
-  return j;
-}
-
-// Reinstalls the checkpoint's buckets when it was written with the same --schedule (a resumed
-// run then sums in the same order; an mgwfbp plan is not measured again). A checkpoint of an
-// mgwfbp run still in its warm-up holds no plan: the warm-up starts again.
-void restore_schedule(const TrainOptions& o, const nlohmann::json& j, engine::GradientEngine& eng,
-                      engine::MgwfbpScheduler* mgwfbp, const std::string& path) {
-  if (j.is_null()) return;
-  try {
-    auto* dense = dynamic_cast<reduce::DenseReducer*>(&eng.reducer());
-    if (dense && j.contains("allreduce")) {
-      dense->set_size_switch(collective::AllreduceSwitch::parse(j.at("allreduce")));
-    }
-    if (j.value("spec", std::string()) != o.schedule) return;
-    if (mgwfbp && j.contains("mgwfbp")) {
-      mgwfbp->restore(j.at("mgwfbp"));
-    } else if (!mgwfbp) {
-      eng.set_buckets(j.at("buckets").get<engine::Buckets>());
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw InvalidArgument("--resume " + path + ": the bucket layout is malformed: " + e.what());
-  }
-}
-
-void validate(const TrainOptions& o) {
-  DT_ENFORCE(o.epochs >= 1, "--epochs must be >= 1, got ", o.epochs);
-  DT_ENFORCE(o.batch_size >= 1, "--batch-size must be >= 1, got ", o.batch_size);
-  DT_ENFORCE(o.accumulate >= 1, "--accumulate must be >= 1, got ", o.accumulate);
-  DT_ENFORCE(o.lr > 0 && std::isfinite(o.lr), "--lr must be a positive number, got ", o.lr);
-  DT_ENFORCE(o.momentum >= 0 && o.momentum < 1, "--momentum must be in [0, 1), got ", o.momentum);
-  DT_ENFORCE(o.threads >= 1, "--threads must be >= 1, got ", o.threads);
-  DT_ENFORCE(o.log_every >= 1, "--log-every must be >= 1, got ", o.log_every);
-  DT_ENFORCE(o.checkpoint_every >= 0, "--checkpoint-every must be >= 0, got ", o.checkpoint_every);
-  DT_ENFORCE(o.optimizer == "sgd" || o.optimizer == "momentum" || o.optimizer == "adam",
-             "--optimizer '", o.optimizer, "' is not one of sgd, momentum, adam");
 }
 
 // Pins LibTorch and OpenBLAS to `threads` threads (OpenBLAS through its runtime call when the
@@ -213,73 +168,6 @@ void write_timeline(const engine::Timeline& timeline, const std::string& path, c
   if (!out) throw IoError("cannot write --timeline file " + path);
 }
 
-// Reducer states differ per rank (error-feedback residuals are each rank's own), so a checkpoint
-// keeps all of them: rank 0 collects every rank's state into one blob,
-//   "DTRS" u32 magic, u32 version 1, u64 world, then per rank u64 size + bytes,
-// or an empty blob when no rank has state (dense). Every rank calls this at the same points.
-constexpr uint32_t kReducerStatesMagic = 0x53525444;  // "DTRS" little-endian
-
-std::vector<std::byte> gather_reducer_states(comm::Group& g, const std::vector<std::byte>& mine) {
-  const uint64_t tag = g.next_tag();
-  if (g.rank() != 0) {
-    g.send(0, tag, mine);
-    return {};
-  }
-  std::vector<std::vector<std::byte>> all(g.size());
-  all[0] = mine;
-  bool any = !mine.empty();
-  for (int r = 1; r < g.size(); ++r) {
-    all[r] = g.recv(r, tag).bytes;
-    any |= !all[r].empty();
-  }
-  if (!any) return {};
-  std::vector<std::byte> blob;
-  auto put = [&](const void* p, size_t n) {
-    const auto* b = static_cast<const std::byte*>(p);
-    blob.insert(blob.end(), b, b + n);
-  };
-  const uint32_t head[2] = {kReducerStatesMagic, 1};
-  const uint64_t world = static_cast<uint64_t>(g.size());
-  put(head, sizeof(head));
-  put(&world, sizeof(world));
-  for (const auto& s : all) {
-    const uint64_t n = s.size();
-    put(&n, sizeof(n));
-    put(s.data(), s.size());
-  }
-  return blob;
-}
-
-// This rank's part of a blob written by gather_reducer_states (empty blob: no state).
-std::vector<std::byte> own_reducer_state(const std::vector<std::byte>& blob, int rank, int world,
-                                         const std::string& path) {
-  if (blob.empty()) return {};
-  size_t at = 0;
-  auto get = [&](void* p, size_t n) {
-    DT_ENFORCE(at + n <= blob.size(), "--resume ", path, ": the reducer state is truncated");
-    std::memcpy(p, blob.data() + at, n);
-    at += n;
-  };
-  uint32_t head[2];
-  uint64_t n_ranks = 0;
-  get(head, sizeof(head));
-  DT_ENFORCE(head[0] == kReducerStatesMagic && head[1] == 1, "--resume ", path,
-             ": the reducer state is not in a format this version reads");
-  get(&n_ranks, sizeof(n_ranks));
-  DT_ENFORCE(n_ranks == static_cast<uint64_t>(world), "--resume ", path,
-             ": the reducer state holds ", n_ranks, " ranks, this job has ", world);
-  std::vector<std::byte> mine;
-  for (int r = 0; r < world; ++r) {
-    uint64_t n = 0;
-    get(&n, sizeof(n));
-    DT_ENFORCE(n <= blob.size() - at, "--resume ", path, ": the reducer state is truncated");
-    if (r == rank) mine.assign(blob.begin() + at, blob.begin() + at + n);
-    at += n;
-  }
-  DT_ENFORCE(at == blob.size(), "--resume ", path, ": the reducer state has trailing bytes");
-  return mine;
-}
-
 // The flags every rank must be given alike (they decide the model, the data order, the buckets
 // and the collectives each step makes), as (flag, value) pairs.
 std::vector<std::pair<const char*, std::string>> shared_flags(const TrainOptions& o) {
@@ -338,7 +226,38 @@ void check_same_flags(const TrainOptions& o, comm::Group& g) {
   }
 }
 
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
 }  // namespace
+
+void validate(const TrainOptions& o) {
+  const auto models = torchx::model_names();
+  DT_ENFORCE(std::find(models.begin(), models.end(), o.model) != models.end(), "--model '", o.model,
+             "' is not one of ", join(models));
+  const std::string reducer = o.reduce.substr(0, o.reduce.find(':'));
+  const auto reducers = reduce::reducer_names();
+  DT_ENFORCE(std::find(reducers.begin(), reducers.end(), reducer) != reducers.end(), "--reduce '",
+             o.reduce, "': unknown reducer '", reducer, "' (valid: ", join(reducers), ")");
+  const auto schedule = engine::Schedule::parse(o.schedule);
+  DT_ENFORCE(schedule.kind != engine::Schedule::Kind::kMgwfbp || o.reduce == "dense",
+             "--schedule mgwfbp plans the dense allreduce (its cost model times it); --reduce ",
+             o.reduce, " has other costs: use --schedule fused, wfbp or single with it");
+  engine::parse_on_nonfinite(o.on_nonfinite);
+  DT_ENFORCE(o.epochs >= 1, "--epochs must be >= 1, got ", o.epochs);
+  DT_ENFORCE(o.batch_size >= 1, "--batch-size must be >= 1, got ", o.batch_size);
+  DT_ENFORCE(o.accumulate >= 1, "--accumulate must be >= 1, got ", o.accumulate);
+  DT_ENFORCE(o.lr > 0 && std::isfinite(o.lr), "--lr must be a positive number, got ", o.lr);
+  DT_ENFORCE(o.momentum >= 0 && o.momentum < 1, "--momentum must be in [0, 1), got ", o.momentum);
+  DT_ENFORCE(o.threads >= 1, "--threads must be >= 1, got ", o.threads);
+  DT_ENFORCE(o.log_every >= 1, "--log-every must be >= 1, got ", o.log_every);
+  DT_ENFORCE(o.checkpoint_every >= 0, "--checkpoint-every must be >= 0, got ", o.checkpoint_every);
+  DT_ENFORCE(o.optimizer == "sgd" || o.optimizer == "momentum" || o.optimizer == "adam",
+             "--optimizer '", o.optimizer, "' is not one of sgd, momentum, adam");
+}
 
 TrainResult train(const TrainOptions& o, comm::Group& g) {
   validate(o);
@@ -390,7 +309,7 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
                start.world_size, " workers, this job has ", world);
     DT_ENFORCE(start.model == o.model, "--resume ", o.resume, ": the checkpoint holds model '",
                start.model, "', not '", o.model, "'");
-    restore_schedule(o, start.schedule, eng, mgwfbp.get(), o.resume + "/checkpoint.pt");
+    restore_schedule(o.schedule, start.schedule, eng, mgwfbp.get(), o.resume + "/checkpoint.pt");
     eng.reducer().load_state(
         own_reducer_state(reducer_state, g.rank(), world, o.resume + "/checkpoint.pt"));
   }
@@ -408,7 +327,7 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
     const auto states = gather_reducer_states(g, eng.reducer().save_state());
     if (!lead) return;
     CheckpointMeta m{step,  epoch,   position, o.seed,
-                     world, o.model, o.reduce, schedule_record(o, eng, mgwfbp.get())};
+                     world, o.model, o.reduce, schedule_record(o.schedule, eng, mgwfbp.get())};
     save_checkpoint(out_dir + "/checkpoint.pt", m, *model, *optimizer, states);
   };
 

@@ -131,7 +131,8 @@ class GradientEngine {
     std::chrono::steady_clock::time_point comm_start, comm_end;
   };
   void comm_loop();
-  void note_ready(size_t index);  // with mu_ held
+  void note_ready(size_t index);                     // with mu_ held
+  void check_accumulate_locked(size_t index) const;  // with mu_ held
   bool reducing() const { return micro_ + 1 == micro_batches_; }
 
   std::vector<ParamInfo> params_;

@@ -60,6 +60,7 @@ class MgwfbpScheduler {
   GradientEngine& engine_;
   comm::Group& group_;
   MgwfbpOptions options_;
+  const reduce::DenseReducer* dense_;  // the engine's reducer: mgwfbp plans the dense path only
   int steps_seen_ = 0;
   std::vector<std::vector<double>> gaps_;  // per parameter: its tb in each timed step
   std::vector<size_t> order_;              // rank 0's hook order (first produced first)

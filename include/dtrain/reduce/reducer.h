@@ -33,20 +33,20 @@ struct TensorSlot {
   std::vector<int64_t> shape;  // empty: a flat vector of numel elements
   size_t offset = 0;
   size_t numel = 0;
+  bool operator==(const TensorSlot&) const = default;
 };
 
 struct BucketLayout {
   size_t numel = 0;
   std::vector<TensorSlot> tensors;
+  bool operator==(const BucketLayout&) const = default;
 };
 
 struct Layout {
   std::vector<BucketLayout> buckets;
-  // FNV-1a over bucket sizes and tensor names, shapes and offsets: equal layouts, equal hashes.
-  uint64_t hash() const;
   // One flat tensor per bucket ("bucket<i>"), for callers without parameter shapes.
   static Layout flat(std::span<const size_t> bucket_sizes);
-  bool operator==(const Layout&) const;
+  bool operator==(const Layout&) const = default;
 };
 
 class GradientReducer {

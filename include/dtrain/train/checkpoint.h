@@ -6,6 +6,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dtrain/comm/group.h"
+#include "dtrain/engine/engine.h"
+#include "dtrain/engine/mgwfbp.h"
+
 #include <string>
 #include <vector>
 
@@ -37,5 +41,24 @@ CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model
 
 // Parameters only (for comparisons and evaluation).
 std::vector<torch::Tensor> load_checkpoint_parameters(const std::string& path);
+
+// Reducer states differ per rank (error-feedback residuals are each rank's own), so a checkpoint
+// keeps all of them. Every rank calls gather_reducer_states at the same points; rank 0 returns
+// the blob of every rank's state (empty when no rank has any), the others an empty one.
+// own_reducer_state takes this rank's part back out of a blob read from `path`, with errors
+// naming the file.
+std::vector<std::byte> gather_reducer_states(comm::Group& g, const std::vector<std::byte>& mine);
+std::vector<std::byte> own_reducer_state(const std::vector<std::byte>& blob, int rank, int world,
+                                         const std::string& path);
+
+// CheckpointMeta::schedule of a run with --schedule `schedule`: its buckets, the dense
+// reducer's allreduce switch and the mgwfbp plan once made. restore_schedule reinstalls them
+// (the switch always; buckets and plan when the checkpoint was written with the same
+// --schedule), so a resumed run sums in the same order and does not measure a new plan.
+nlohmann::json schedule_record(const std::string& schedule, const engine::GradientEngine& eng,
+                               const engine::MgwfbpScheduler* mgwfbp);
+void restore_schedule(const std::string& schedule, const nlohmann::json& j,
+                      engine::GradientEngine& eng, engine::MgwfbpScheduler* mgwfbp,
+                      const std::string& path);
 
 }  // namespace dtrain::train

@@ -61,6 +61,10 @@ struct TrainResult {
   uint64_t skipped_steps = 0;
 };
 
+// Checks every option (names, ranges, combinations) and throws InvalidArgument naming the flag.
+// Rank-independent: the CLI calls it once before starting any worker.
+void validate(const TrainOptions& options);
+
 // Validates options (InvalidArgument naming the flag), then trains. All ranks must call it.
 TrainResult train(const TrainOptions& options, comm::Group& group);
 
