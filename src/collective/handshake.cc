@@ -3,6 +3,7 @@
 #include "dtrain/collective/allreduce.h"
 #include "dtrain/common/error.h"
 #include "dtrain/common/hash.h"
+#include "dtrain/common/random.h"
 
 namespace dtrain::collective::detail {
 
@@ -57,11 +58,8 @@ uint64_t call_salt(const CallDescriptor& d) {
                      uint64_t{d.algorithm}, d.segment}) {
     fnv.value(v);
   }
-  uint64_t h = fnv.digest();
-  // splitmix64's finalizer, so that every input bit moves the 23 bits kept.
-  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
-  h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
-  h ^= h >> 31;
+  // The finalizer, so that every input bit moves the 23 bits kept.
+  const uint64_t h = mix64(fnv.digest());
   uint64_t salt = h & ((uint64_t{1} << 23) - 1);
   if (salt == 0) salt = 1;
   return salt << 40;

@@ -10,7 +10,7 @@
 // v_hat = s (q - u), scatters it to the sampled rows of an n-vector, transforms it back (H is
 // symmetric) and multiplies by the signs and alpha (n/k) / sqrt(n).
 //
-// The randomness comes from keyed streams (random.h): the rows, drawn once per call (step, stream)
+// The randomness comes from keyed streams (common/random.h): the rows, drawn once per call (step, stream)
 // and used by all its buckets; the signs, per bucket; both keyed by worker unless shared; and the
 // dither, per bucket, always keyed by worker. (Drawing k rows is the costliest part of a bucket's
 // randomness, so one draw serves all buckets; with independent signs per bucket each bucket's
@@ -24,14 +24,12 @@
 #include <type_traits>
 
 #include "dtrain/common/error.h"
+#include "dtrain/common/random.h"
 #include "internal.h"
-#include "random.h"
 
 namespace dtrain::compress {
 namespace {
 
-using detail::KeyedRng;
-using detail::sample_sorted;
 
 constexpr uint64_t kSketchDomain = 0x7163732d736b6574ull;  // "qcs-sket": signs
 constexpr uint64_t kRowsDomain = 0x7163732d726f7773ull;    // "qcs-rows"

@@ -4,7 +4,7 @@
 // Works as follows. The positions come from a stream keyed by (seed, step, stream), so every
 // rank (and the decompressor) draws the same set without sending it: the payload is the k values
 // alone, in ascending position order, and payloads of different ranks line up elementwise, hence
-// summable. The set is drawn with Floyd's algorithm (k draws, see random.h). scale=1 multiplies
+// summable. The set is drawn with Floyd's algorithm (k draws, see common/random.h). scale=1 multiplies
 // the decoded values by n/k, which makes the estimate unbiased; scale=0 (the default) leaves them
 // as they are, the usual choice under error feedback, where the residual keeps what was not sent.
 #include <algorithm>
@@ -12,8 +12,8 @@
 #include <limits>
 
 #include "dtrain/common/error.h"
+#include "dtrain/common/random.h"
 #include "internal.h"
-#include "random.h"
 
 namespace dtrain::compress::detail {
 namespace {

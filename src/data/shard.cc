@@ -14,17 +14,11 @@
 #include <random>
 
 #include "dtrain/common/error.h"
+#include "dtrain/common/random.h"
 
 namespace dtrain::data {
 
 namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 // Uniform in [0, bound), bound >= 1, without modulo bias: raw values below 2^64 mod bound are
 // redrawn so the accepted range is a whole number of copies of [0, bound).

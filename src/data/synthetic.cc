@@ -21,6 +21,7 @@
 #include <random>
 
 #include "dtrain/common/error.h"
+#include "dtrain/common/random.h"
 
 namespace dtrain::data {
 
@@ -31,13 +32,6 @@ constexpr uint64_t kWeightDomain = 0x7765696768747321ull;
 constexpr uint64_t kSparseDomain = 0x73706172736521ull;
 constexpr uint64_t kDenseDomain = 0x64656e736521ull;
 constexpr uint64_t kOffsetDomain = 0x6f666673657421ull;
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 // [0, 1) from the top 53 bits.
 double unit(uint64_t bits) {

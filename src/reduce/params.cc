@@ -20,7 +20,8 @@ Params parse_params(const std::string& owner, const std::string& text,
   std::map<std::string, std::string> values;
   size_t start = 0;
   bool first = true;
-  while (start < text.size()) {
+  // "a=1," ends in an empty item: an error like any other item that is not key=value.
+  while (start < text.size() || (start == text.size() && !text.empty() && text.back() == ',')) {
     size_t end = text.find(',', start);
     if (end == std::string::npos) end = text.size();
     const std::string item = text.substr(start, end - start);
@@ -66,7 +67,7 @@ size_t Params::get_size(const std::string& key, size_t fallback, size_t lo, size
 }
 
 double Params::get_double(const std::string& key, double fallback, double lo, double hi,
-                          bool lo_open) const {
+                          bool lo_open, bool hi_open) const {
   auto it = values_.find(key);
   if (it == values_.end()) return fallback;
   const std::string& v = it->second;
@@ -78,9 +79,10 @@ double Params::get_double(const std::string& key, double fallback, double lo, do
   } catch (const std::exception&) {
     ok = false;
   }
-  ok = ok && pos == v.size() && std::isfinite(x) && (lo_open ? x > lo : x >= lo) && x <= hi;
+  ok = ok && pos == v.size() && std::isfinite(x) && (lo_open ? x > lo : x >= lo) &&
+       (hi_open ? x < hi : x <= hi);
   DT_ENFORCE(ok, "--reduce ", owner_, ": ", key, "=", v, " is not a number in ",
-             lo_open ? "(" : "[", lo, ", ", hi, "]");
+             lo_open ? "(" : "[", lo, ", ", hi, hi_open ? ")" : "]");
   return x;
 }
 

@@ -17,9 +17,9 @@ class Params {
   // The value of key as an integer in [lo, hi], or fallback when absent; InvalidArgument naming
   // the reducer, the key and the value otherwise.
   size_t get_size(const std::string& key, size_t fallback, size_t lo, size_t hi) const;
-  // ... as a finite number in [lo, hi] (lo_open: excluding lo).
+  // ... as a finite number in [lo, hi] (lo_open, hi_open: excluding lo, hi).
   double get_double(const std::string& key, double fallback, double lo, double hi,
-                    bool lo_open = false) const;
+                    bool lo_open = false, bool hi_open = false) const;
   const std::string& get_string(const std::string& key, const std::string& fallback) const;
 
  private:

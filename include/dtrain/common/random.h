@@ -1,4 +1,5 @@
-// Keyed pseudo-random streams for shared randomness, internal to compress/.
+// The tree's pseudo-random numbers: SplitMix64 and keyed streams for shared randomness (every
+// rank draws the same numbers for the same key without communicating).
 //
 // Every rank must draw identical numbers for the same key (seed, bucket, step, stream, worker)
 // without communicating, on any standard library: so no std::*_distribution (their algorithms
@@ -12,13 +13,17 @@
 #include <initializer_list>
 #include <vector>
 
-namespace dtrain::compress::detail {
+namespace dtrain {
 
+// SplitMix64's finalizer: every input bit moves every output bit.
 inline uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
+
+// One SplitMix64 step from state x: a well-mixed hash of a 64-bit integer.
+inline uint64_t splitmix64(uint64_t x) { return mix64(x + 0x9e3779b97f4a7c15ull); }
 
 class KeyedRng {
  public:
@@ -71,4 +76,4 @@ inline void sample_sorted(KeyedRng& rng, size_t n, size_t k, std::vector<uint64_
   }
 }
 
-}  // namespace dtrain::compress::detail
+}  // namespace dtrain
