@@ -33,10 +33,10 @@ out=${out:-runs/reducers-$model-${netns:-loopback}}
 mkdir -p "$out"
 
 final() { grep '"kind":"final"' "$1" | grep -o "\"$2\":[0-9.e+-]*" | cut -d: -f2; }
-# The last step record's reducer figures, "k=v" joined (keys the trainer writes itself dropped).
+# The last reduce record's figures (scalars only), "k=v" joined.
 figures() {
-  grep '"kind":"step"' "$1" | tail -1 | tr -d '{}' | tr ',' '\n' |
-    grep -v -E '"(kind|epoch|step|time_s|loss|samples|bytes_sent|bytes_recv)"' |
+  grep '"kind":"reduce"' "$1" | grep -v '\[' | tail -1 | tr -d '{}' | tr ',' '\n' |
+    grep -v -E '"(kind|step)"' |
     sed -e 's/"//g' -e 's/:/=/' | awk -F= '{ printf "%s%s=%.4g", (NR > 1 ? " " : ""), $1, $2 }'
 }
 

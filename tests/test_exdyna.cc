@@ -23,29 +23,52 @@ using reduce::ExDynaOptions;
 using reduce::ExDynaReducer;
 using reduce::exdyna::Partitions;
 
+// Every element owned by exactly one partition, checked element by element against runs(),
+// owner() and elements_in(); every partition at or above the minimum.
 void expect_covering(const Partitions& p, const std::string& what) {
   const int n = p.count();
-  EXPECT_EQ(p.begin(0), 0u) << what;
-  EXPECT_EQ(p.end(n - 1), p.size()) << what;
+  std::vector<int> owner(p.size(), -1);
   for (int i = 0; i < n; ++i) {
-    EXPECT_LE(p.begin(i), p.end(i)) << what << " partition " << i;
     EXPECT_GE(p.blocks_in(i), p.min_blocks()) << what << " partition " << i;
-    if (i + 1 < n) {
-      EXPECT_EQ(p.end(i), p.begin(i + 1)) << what << " partition " << i;
+    size_t elements = 0, last_end = 0;
+    for (const auto& [begin, end] : p.runs(i)) {
+      ASSERT_LT(begin, end) << what;
+      EXPECT_TRUE(elements == 0 || begin > last_end) << what << ": runs not merged or unordered";
+      last_end = end;
+      for (size_t e = begin; e < end; ++e) {
+        ASSERT_EQ(owner[e], -1) << what << ": element " << e << " in two partitions";
+        owner[e] = i;
+        ASSERT_EQ(p.owner(e), i) << what << " element " << e;
+      }
+      elements += end - begin;
     }
+    EXPECT_EQ(elements, p.elements_in(i)) << what << " partition " << i;
   }
+  for (size_t e = 0; e < p.size(); ++e) ASSERT_NE(owner[e], -1) << what << ": " << e << " unowned";
 }
 
+// Partition p's elements when partitions are the spec's contiguous ranges.
+std::pair<size_t, size_t> only_run(const Partitions& p, int part) {
+  const auto runs = p.runs(part);
+  EXPECT_LE(runs.size(), 1u);
+  return runs.empty() ? std::pair<size_t, size_t>{0, 0} : runs[0];
+}
+
+constexpr auto kContiguous = reduce::exdyna::BlockOrder::kContiguous;
+constexpr auto kInterleaved = reduce::exdyna::BlockOrder::kInterleaved;
+
 TEST(ExDynaPartitions, BlocksFollowTheSpec) {
-  Partitions big(1000000, 1024, 4);  // 976 floats per block, rounded down to 960
+  Partitions big(1000000, 1024, 4, kContiguous);  // 976 floats per block, rounded down to 960
   EXPECT_EQ(big.block_size(), 960u);
   EXPECT_EQ(big.num_blocks(), 1024u);
-  EXPECT_EQ(big.min_blocks(), 64u);                                           // B / (4n)
-  EXPECT_EQ(big.end(3) - big.begin(3), 255 * 960u + (1000000 - 1023 * 960));  // remainder last
-  Partitions small(1000, 1024, 2);  // shorter than 32 B: 31 blocks of 32, the last of 40
+  EXPECT_EQ(big.min_blocks(), 64u);  // B / (4n)
+  EXPECT_EQ(only_run(big, 3),
+            std::make_pair(size_t{768 * 960}, size_t{1000000}));  // remainder last
+  expect_covering(big, "big");
+  Partitions small(1000, 1024, 2, kContiguous);  // < 32 B: 31 blocks of 32, the last of 40
   EXPECT_EQ(small.block_size(), 32u);
   EXPECT_EQ(small.num_blocks(), 31u);
-  EXPECT_EQ(small.begin(1), 15 * 32u);
+  EXPECT_EQ(only_run(small, 1), std::make_pair(size_t{15 * 32}, size_t{1000}));
   Partitions tiny(5, 1024, 3);  // one block: two partitions stay empty
   EXPECT_EQ(tiny.num_blocks(), 1u);
   EXPECT_EQ(tiny.min_blocks(), 0u);
@@ -55,8 +78,40 @@ TEST(ExDynaPartitions, BlocksFollowTheSpec) {
   expect_covering(empty, "empty");
 }
 
+TEST(ExDynaPartitions, InterleavedBlocksSpreadEachPartitionOverTheBucket) {
+  // 1M floats in 1024 blocks, 4 partitions: each partition takes about a quarter of every tenth
+  // of the bucket (a layer), where contiguous partitions take all of some tenths and none of
+  // the others.
+  Partitions p(1000000, 1024, 4, kInterleaved, /*seed=*/5);
+  expect_covering(p, "interleaved");
+  EXPECT_EQ(p.order(), kInterleaved);
+  for (int part = 0; part < 4; ++part) {
+    std::vector<size_t> per_tenth(10, 0);
+    for (const auto& [begin, end] : p.runs(part)) {
+      for (size_t e = begin; e < end; ++e) ++per_tenth[e / 100000];
+    }
+    for (size_t t = 0; t < 10; ++t) {
+      EXPECT_NEAR(double(per_tenth[t]) / 100000, 0.25, 0.08)
+          << "partition " << part << " tenth " << t;
+    }
+  }
+  // Same seed, same order on every rank; another seed, another order.
+  Partitions same(1000000, 1024, 4, kInterleaved, 5), other(1000000, 1024, 4, kInterleaved, 6);
+  EXPECT_EQ(same.runs(0), p.runs(0));
+  EXPECT_NE(other.runs(0), p.runs(0));
+  // Boundary moves hand one block over in the interleaved order too.
+  EXPECT_EQ(p.num_blocks(), 1000000u / 960);  // no lump of a remainder block when interleaved
+  for (int part = 0; part < 4; ++part) EXPECT_NEAR(double(p.blocks_in(part)), 1041 / 4.0, 1);
+  std::vector<uint64_t> busy = {1000, 10, 10, 10};
+  const size_t blocks = p.blocks_in(0), elements = p.elements_in(0);
+  EXPECT_EQ(p.rebalance(busy), 1);
+  EXPECT_EQ(p.blocks_in(0), blocks - 1);
+  EXPECT_LT(p.elements_in(0), elements);
+  expect_covering(p, "interleaved after a move");
+}
+
 TEST(ExDynaPartitions, BoundaryMovesFollowTheRule) {
-  Partitions p(64 * 32, 64, 4);  // 64 blocks of 32, 16 per partition, minimum 4
+  Partitions p(64 * 32, 64, 4, kContiguous);  // 64 blocks of 32, 16 per partition, minimum 4
   ASSERT_EQ(p.boundaries(), (std::vector<size_t>{0, 16, 32, 48, 64}));
   // avg 112.5: partition 0 (200) is above 1.05 avg and 1 (50) below avg / 1.05: 0 gives 1 a block.
   std::vector<uint64_t> c1 = {200, 50, 100, 100};
@@ -83,23 +138,32 @@ TEST(ExDynaPartitions, RandomRebalancesStayDisjointAndCovering) {
   const std::vector<size_t> sizes = {0, 1, 31, 100, 1000, 65536 + 7, 1000000};
   for (int n : {1, 2, 3, 5, 8}) {
     for (size_t d : sizes) {
-      Partitions p(d, 1024, n);
-      const std::string what = "n=" + std::to_string(n) + " d=" + std::to_string(d);
-      expect_covering(p, what);
-      std::vector<uint64_t> counts(n);
-      for (int step = 0; step < 2000; ++step) {
-        // Skewed counts so that boundaries actually travel.
-        for (auto& c : counts) c = rng() % 4 == 0 ? rng() % 5000 : rng() % 100;
-        p.rebalance(counts, 1.05);
+      for (auto order : {kContiguous, kInterleaved}) {
+        Partitions p(d, 1024, n, order, d);
+        const std::string what = "n=" + std::to_string(n) + " d=" + std::to_string(d) + " " +
+                                 reduce::exdyna::name(order);
+        expect_covering(p, what);
+        std::vector<uint64_t> counts(n);
+        for (int step = 0; step < 2000; ++step) {
+          // Skewed counts so that boundaries actually travel.
+          for (auto& c : counts) c = rng() % 4 == 0 ? rng() % 5000 : rng() % 100;
+          p.rebalance(counts, 1.05);
+        }
+        expect_covering(p, what);
+        Partitions restored(d, p.block_size(), order, d, p.boundaries());
+        EXPECT_EQ(restored.boundaries(), p.boundaries()) << what;
+        for (int i = 0; i < n; ++i) EXPECT_EQ(restored.runs(i), p.runs(i)) << what;
       }
-      expect_covering(p, what);
-      Partitions restored(d, p.block_size(), p.boundaries());
-      EXPECT_EQ(restored.boundaries(), p.boundaries()) << what;
     }
   }
-  EXPECT_THROW(Partitions(1000, 32, std::vector<size_t>{0, 40, 31}), InvalidArgument);
-  EXPECT_THROW(Partitions(1000, 32, std::vector<size_t>{0, 32}), InvalidArgument);  // 31 fit
-  EXPECT_THROW(Partitions(1000, 33, std::vector<size_t>{0, 30}), InvalidArgument);
+  EXPECT_THROW(Partitions(1000, 32, kContiguous, 0, std::vector<size_t>{0, 40, 31}),
+               InvalidArgument);
+  EXPECT_THROW(Partitions(1000, 32, kContiguous, 0, std::vector<size_t>{0, 32}),
+               InvalidArgument);  // 31 fit
+  EXPECT_THROW(Partitions(1000, 33, kContiguous, 0, std::vector<size_t>{0, 30}), InvalidArgument);
+  EXPECT_THROW(Partitions(1000, 32, static_cast<reduce::exdyna::BlockOrder>(7), 0,
+                          std::vector<size_t>{0, 31}),
+               InvalidArgument);
 }
 
 TEST(ExDynaSelect, MatchesAPlainLoop) {
@@ -133,6 +197,51 @@ TEST(ExDynaSelect, MatchesAPlainLoop) {
   EXPECT_THROW(reduce::exdyna::select_threshold(v, 10, 5001, 1.0f, out), InvalidArgument);
 }
 
+TEST(ExDynaSelect, FusedCompensateMatchesSeparatePasses) {
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const size_t d = 1000;
+  std::vector<float> g0(d), c0(d), u0(d);
+  for (size_t i = 0; i < d; ++i) {
+    g0[i] = normal(rng);
+    c0[i] = normal(rng);
+    u0[i] = normal(rng);
+  }
+  c0[40] = std::numeric_limits<float>::quiet_NaN();  // never selected
+  for (bool momentum : {false, true}) {
+    for (auto [begin, end] :
+         std::vector<std::pair<size_t, size_t>>{{0, 1000}, {3, 997}, {16, 32}, {5, 9}, {7, 7}}) {
+      const std::string what = std::string(momentum ? "momentum " : "plain ") + "[" +
+                               std::to_string(begin) + ", " + std::to_string(end) + ")";
+      // The reference: the update element by element, then a plain selection loop.
+      std::vector<float> c = c0, g = g0, u = u0;
+      std::vector<uint32_t> want;
+      for (size_t i = begin; i < end; ++i) {
+        if (momentum) u[i] = 0.9f * u[i] + g[i];
+        c[i] += momentum ? u[i] : g[i];
+        g[i] = 0.0f;
+        if (std::fabs(c[i]) >= 1.5f) want.push_back(static_cast<uint32_t>(i));
+      }
+      std::vector<float> fc = c0, fg = g0, fu = u0;
+      std::vector<uint32_t> got;
+      reduce::exdyna::compensate_select<uint32_t>(
+          fc.data(), fg.data(), momentum ? fu.data() : nullptr, 0.9f, begin, end, 1.5f, &got);
+      EXPECT_EQ(got, want) << what;
+      EXPECT_EQ(0, std::memcmp(fc.data(), c.data(), d * 4)) << what;
+      EXPECT_EQ(fg, g) << what;
+      if (momentum) {
+        EXPECT_EQ(0, std::memcmp(fu.data(), u.data(), d * 4)) << what;
+      }
+      // Without a selection the update is the same.
+      std::vector<float> nc = c0, ng = g0, nu = u0;
+      reduce::exdyna::compensate_select<uint64_t>(
+          nc.data(), ng.data(), momentum ? nu.data() : nullptr, 0.9f, begin, end, 1.5f, nullptr);
+      EXPECT_EQ(0, std::memcmp(nc.data(), c.data(), d * 4)) << what;
+      EXPECT_EQ(ng, g) << what;
+    }
+  }
+}
+
 // What one rank saw in one step for one bucket: input, update, and the state after the call.
 struct Record {
   std::vector<float> input, update, residual;
@@ -151,7 +260,6 @@ float input_value(int rank, uint64_t step, size_t bucket, size_t i) {
   return static_cast<float>((h & 63) == 0 ? u : u * 0.02);
 }
 
-// Param: world size, threshold levels (1: the spec's rule alone).
 // Level indices from the middle outwards (levels / 2, then the nearer neighbours first, lower
 // before higher at equal distance): scanning in this order with a strict < finds the nearest
 // level the reducer picks, ties going to the middle.
@@ -164,10 +272,12 @@ std::vector<int> middle_out(int levels) {
   return order;
 }
 
-class ExDynaRanks : public ::testing::TestWithParam<std::tuple<int, int>> {};
+// Param: world size, threshold levels (1: the spec's rule alone), block order.
+class ExDynaRanks
+    : public ::testing::TestWithParam<std::tuple<int, int, reduce::exdyna::BlockOrder>> {};
 
 TEST_P(ExDynaRanks, MatchesTheReferenceAndConservesTheGradient) {
-  const auto [n, levels] = GetParam();
+  const auto [n, levels, order] = GetParam();
   const std::vector<size_t> sizes = {10007, 0, 5, 300};  // incl. empty and one-block buckets
   const int steps = 25;
   const uint64_t first_step = 3;
@@ -177,6 +287,8 @@ TEST_P(ExDynaRanks, MatchesTheReferenceAndConservesTheGradient) {
   opts.fast = 1;
   opts.levels = levels;
   opts.spacing = 1.02;
+  opts.blocks = 1024;
+  opts.order = order;
   // records[rank][step][bucket]
   std::vector<std::vector<std::vector<Record>>> records(n);
   spawn(n, [&](comm::Group& g) {
@@ -205,7 +317,7 @@ TEST_P(ExDynaRanks, MatchesTheReferenceAndConservesTheGradient) {
 
   for (size_t b = 0; b < sizes.size(); ++b) {
     const size_t d = sizes[b];
-    Partitions parts(d, opts.blocks, n);
+    Partitions parts(d, opts.blocks, n, opts.order, /*seed=*/b);
     double threshold = reduce::exdyna::initial_threshold(opts.density, d);
     std::vector<std::vector<float>> residual(n, std::vector<float>(d, 0.0f));
     std::vector<double> input_sum(d, 0.0), sent_sum(d, 0.0);
@@ -246,10 +358,10 @@ TEST_P(ExDynaRanks, MatchesTheReferenceAndConservesTheGradient) {
           for (int w = 0; w < n; ++w) {
             const int part = static_cast<int>((first_step + t + w) % n);
             size_t count = 0;
-            for (size_t i = parts.begin(part); i < parts.end(part); ++i) {
-              count += std::fabs(comp[w][i]) >= lv[j];
+            for (size_t i = 0; i < d; ++i) {
+              count += parts.owner(i) == part && std::fabs(comp[w][i]) >= lv[j];
             }
-            total += parts.begin(part) < parts.end(part) ? std::max<size_t>(count, 1) : 0;
+            total += parts.blocks_in(part) > 0 ? std::max<size_t>(count, 1) : 0;
           }
           const double error = std::fabs(total - opts.density * d);
           if (best < 0 || error < best_error) {
@@ -262,11 +374,18 @@ TEST_P(ExDynaRanks, MatchesTheReferenceAndConservesTheGradient) {
       for (int w = 0; w < n; ++w) {
         const int part = static_cast<int>((first_step + t + w) % n);
         std::vector<size_t> sel;
-        for (size_t i = parts.begin(part); i < parts.end(part); ++i) {
-          if (std::fabs(comp[w][i]) >= lambda) sel.push_back(i);
+        for (size_t i = 0; i < d; ++i) {
+          if (parts.owner(i) == part && std::fabs(comp[w][i]) >= lambda) sel.push_back(i);
         }
-        if (sel.empty() && parts.begin(part) < parts.end(part)) {
-          sel.push_back(reduce::exdyna::argmax_abs(comp[w], parts.begin(part), parts.end(part)));
+        if (sel.empty() && parts.blocks_in(part) > 0) {  // the partition's first largest
+          size_t best = d;
+          for (size_t i = 0; i < d; ++i) {
+            if (parts.owner(i) == part &&
+                (best == d || std::fabs(comp[w][i]) > std::fabs(comp[w][best]))) {
+              best = i;
+            }
+          }
+          sel.push_back(best);
         }
         for (size_t i : sel) {
           ASSERT_EQ(owner[i], -1) << what << ": index " << i << " selected by two workers";
@@ -312,7 +431,8 @@ TEST_P(ExDynaRanks, MatchesTheReferenceAndConservesTheGradient) {
     // The big bucket exercises both adaptations (they are checked step by step above).
     if (b == 0) {
       EXPECT_GT(threshold_moves, 0) << "threshold never moved";
-      EXPECT_TRUE(n == 1 || boundary_moves > 0) << "no boundary ever moved";
+      // (This input is uniform over the bucket: interleaved partitions stay in balance.)
+      EXPECT_TRUE(n == 1 || order != kContiguous || boundary_moves > 0) << "no boundary moved";
     }
     // Error feedback: what was sent plus what is left equals what came in.
     for (size_t i = 0; i < d; ++i) {
@@ -325,10 +445,12 @@ TEST_P(ExDynaRanks, MatchesTheReferenceAndConservesTheGradient) {
 }
 
 INSTANTIATE_TEST_SUITE_P(WorldSizes, ExDynaRanks,
-                         ::testing::Combine(::testing::Values(1, 2, 3, 4), ::testing::Values(1, 9)),
+                         ::testing::Combine(::testing::Values(1, 2, 3, 4), ::testing::Values(1, 9),
+                                            ::testing::Values(kContiguous, kInterleaved)),
                          [](const auto& info) {
                            return "n" + std::to_string(std::get<0>(info.param)) + "_levels" +
-                                  std::to_string(std::get<1>(info.param));
+                                  std::to_string(std::get<1>(info.param)) + "_" +
+                                  reduce::exdyna::name(std::get<2>(info.param));
                          });
 
 TEST(ExDynaLevels, CountsAtEveryLevelAndPicksTheNearest) {
@@ -388,6 +510,62 @@ TEST(ExDynaReducer, DensityTracksTheTarget) {
   EXPECT_LE(worst, 0.1);
 }
 
+// Imbalance n * max_w k_w / sum_w k_w - 1 over steps 100..159 of a bucket laid out like the MLP
+// 784-512-256-10 (biases and weights in backprop order), whose layers' gradient scales differ as
+// real ones do (the output layer's ~30x the first's): returns {median, p95}. Even a perfectly
+// fair split has noise: with ~k/n = 1340 indices per partition (sd ~37), the largest of 4 sits
+// ~1 sd above the mean, an imbalance of ~0.03; a quarter of this bucket measures ~0.056.
+std::pair<double, double> layered_imbalance(const std::string& params) {
+  const std::vector<std::pair<size_t, float>> layers = {
+      {10, 3e-2f}, {2560, 2e-2f}, {256, 1e-2f}, {131072, 3e-3f}, {512, 5e-3f}, {401408, 1e-3f}};
+  size_t d = 0;
+  for (const auto& [size, scale] : layers) d += size;
+  std::vector<float> pool(size_t{1} << 20);
+  std::mt19937_64 rng(17);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (auto& x : pool) x = normal(rng);
+  const int n = 4, steps = 160, warmup = 100;
+  std::vector<double> imbalance;
+  spawn(n, [&](comm::Group& g) {
+    ExDynaReducer reducer(g, reduce::parse_exdyna_options(params));
+    std::mt19937_64 offsets(300 + g.rank());
+    std::vector<float> grad(d);
+    for (int t = 0; t < steps; ++t) {
+      size_t at = 0;
+      for (const auto& [size, scale] : layers) {
+        const size_t offset = offsets() % pool.size();
+        for (size_t i = 0; i < size; ++i, ++at) {
+          grad[at] = scale * pool[(offset + i) & (pool.size() - 1)];
+        }
+      }
+      reducer.reduce_step(t, grad);
+      if (t >= warmup && g.rank() == 0) {
+        const auto& counts = reducer.bucket(0).worker_counts;
+        const double sum = std::accumulate(counts.begin(), counts.end(), 0.0);
+        imbalance.push_back(n * double(*std::max_element(counts.begin(), counts.end())) / sum - 1);
+      }
+    }
+  });
+  std::sort(imbalance.begin(), imbalance.end());
+  return {imbalance[imbalance.size() / 2], imbalance[imbalance.size() * 95 / 100]};
+}
+
+TEST(ExDynaReducer, InterleavedPartitionsBalanceLayeredGradients) {
+  // The spec's contiguous partitions put the busy output layers into one partition, which a
+  // block a step cannot drain (it may not shrink below B / 4n blocks); interleaved blocks put
+  // every layer in every partition. The acceptance of the real MLP run: median <= 0.05,
+  // p95 <= 0.15.
+  const auto [median, p95] = layered_imbalance("density=0.01");
+  const auto [median_c, p95_c] = layered_imbalance("density=0.01,order=contiguous");
+  std::printf(
+      "layered imbalance, steps 100-159: interleaved median %.3f p95 %.3f; contiguous median "
+      "%.3f p95 %.3f\n",
+      median, p95, median_c, p95_c);
+  EXPECT_LE(median, 0.05);
+  EXPECT_LE(p95, 0.15);
+  EXPECT_GT(median_c, 3 * median);  // what interleaving fixes is there to fix in this stream
+}
+
 TEST(ExDynaReducer, RejectsBadParameters) {
   EXPECT_EQ(reduce::parse_exdyna_options("").density, 0.01);
   EXPECT_EQ(reduce::parse_exdyna_options("0.05").density, 0.05);
@@ -405,22 +583,31 @@ TEST(ExDynaReducer, RejectsBadParameters) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(message("0").find("density=0 is out of range"), std::string::npos) << message("0");
-  EXPECT_NE(message("1.5").find("out of range"), std::string::npos);
-  EXPECT_NE(message("-0.1").find("out of range"), std::string::npos);
-  EXPECT_NE(message("abc").find("'abc' is not a number"), std::string::npos);
-  EXPECT_NE(message("density=0.01x").find("not a number"), std::string::npos);
-  EXPECT_NE(message("blocks=0").find("blocks=0 is out of range"), std::string::npos);
-  EXPECT_NE(message("blocks=2.5").find("out of range"), std::string::npos);
-  EXPECT_NE(message("down=1.5").find("out of range"), std::string::npos);
-  EXPECT_NE(message("lambda0=-1").find("out of range"), std::string::npos);
-  EXPECT_NE(message("momentum=1").find("momentum=1 is out of range ([0, 1))"), std::string::npos);
+  // The tree's one spec parser (reduce/params.h) names the reducer, the key and the range.
+  auto says = [&](const std::string& params, const std::string& what) {
+    const std::string m = message(params);
+    EXPECT_NE(m.find(what), std::string::npos) << params << " -> " << m;
+    EXPECT_NE(m.find("exdyna"), std::string::npos) << params << " -> " << m;
+  };
+  says("0", "density=0 is not a number in (0, 1]");
+  says("1.5", "density=1.5 is not a number in (0, 1]");
+  says("-0.1", "not a number in (0, 1]");
+  says("abc", "density=abc is not a number");
+  says("density=0.01x", "not a number");
+  says("blocks=0", "blocks=0 is not an integer in [1, ");
+  says("blocks=2.5", "not an integer");
+  says("down=1.5", "down=1.5 is not a number in (0, 1]");
+  says("lambda0=-1", "lambda0=-1 is not a number in [0, ");
+  says("momentum=1", "momentum=1 is not a number in [0, 1)");
+  says("order=random", "order=random is not interleaved or contiguous");
   EXPECT_EQ(reduce::parse_exdyna_options("density=0.01,momentum=0.9").momentum, 0.9);
-  EXPECT_NE(message("densty=0.1").find("unknown parameter 'densty'"), std::string::npos);
-  EXPECT_NE(
-      message("densty=0.1").find("density, blocks, up, down, band, balance, fast, lambda0, levels"),
-      std::string::npos);
-  EXPECT_NE(message("density=0.1,").find("not key=value"), std::string::npos);
+  EXPECT_EQ(reduce::parse_exdyna_options("order=contiguous").order, kContiguous);
+  EXPECT_EQ(reduce::parse_exdyna_options("").order, kInterleaved);
+  EXPECT_EQ(reduce::parse_exdyna_options("lambda0=spec").lambda0, 0.0);
+  says("densty=0.1", "unknown parameter 'densty'");
+  says("densty=0.1", "density, blocks, order, up, down, band, balance, fast, lambda0, levels");
+  says("density=0.1,", "not key=value");
+  says("density=0.1,density=0.2", "given twice");
   EXPECT_NE(message("nan").find("not a number"), std::string::npos);
 }
 

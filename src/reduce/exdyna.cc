@@ -1,20 +1,21 @@
 // The ExDyna reducer: one step of the spec's protocol per bucket.
 //
 // Works as follows, on every rank r of n, for bucket b in step t:
-//  1. Compensate: residual += grad (the residual buffer then holds the compensated gradient c),
-//     clearing grad in the same pass.
-//  2. Select: indices i of partition (t + r) mod n with |c_i| >= lambda, one pass. If none, the
-//     partition's largest-magnitude element is sent alone, so a worker with a non-empty partition
-//     never sends nothing (a partition is empty only in buckets of fewer blocks than ranks).
-//     With L > 1 levels the pass collects the candidates at the lowest level lambda_0 of
-//     lambda * spacing^j and counts them at every level (a histogram of the few candidates).
+//  1. Compensate and select, in one pass over the bucket: residual += grad (the residual then
+//     holds the compensated gradient c; with momentum correction u = m u + grad first and
+//     residual += u), grad = 0, and for the blocks of partition (t + r) mod n the candidates
+//     |c_i| >= lambda_0, the lowest of L threshold levels lambda * spacing^j, are collected while
+//     c_i is in registers. Each element of grad, residual (and velocity) is read and written once.
+//  2. Count the candidates at every level (a histogram of the few candidates, not of the bucket).
 //  3. Exchange: allgather of the counts (int64; L per rank, after which every rank picks the
 //     level whose total is nearest to k and drops its candidates below it), allgatherv of the
-//     indices (uint32 while
-//     d < 2^32, else 64-bit) into the union U, laid out in rank order; the partitions are
-//     disjoint, so U has no duplicates. Each rank gathers its own c at U, allreduce (SUM) of that
-//     value vector, divide by n: every rank holds bit-identical averages.
-//  4. Apply: grad[U] = average (zero elsewhere); residual[U] = 0 (error feedback).
+//     indices (uint32 while d < 2^32, else 64-bit) into the union U, laid out in rank order; the
+//     partitions are disjoint, so U has no duplicates (checked: every index must lie in its
+//     sender's partition). Each rank gathers its own c at U, allreduce (SUM) of that value
+//     vector, divide by n: every rank holds bit-identical averages. A worker whose partition has
+//     nothing above lambda sends its partition's largest-magnitude element alone.
+//  4. Apply: grad[U] = average (grad is zero elsewhere since step 1); residual[U] = 0 (error
+//     feedback); velocity[U] = 0 (momentum factor masking).
 //  5. Adapt, identically everywhere from the gathered counts: lambda follows the online scaling
 //     rule (L = 1) or becomes the level picked (L > 1); the partitions rebalance from the
 //     per-partition counts (partition (t + w) mod n sent worker w's count).
@@ -30,83 +31,17 @@
 
 #include "dtrain/collective/allgather.h"
 #include "dtrain/collective/allreduce.h"
+#include "dtrain/common/bytes.h"
 #include "dtrain/common/error.h"
+#include "dtrain/reduce/params.h"
 
 namespace dtrain::reduce {
 namespace {
 
 using collective::DataType;
 
-const char* const kValidParams =
-    "density, blocks, up, down, band, balance, fast, lambda0, levels, spacing, momentum";
-
-double parse_number(const std::string& key, const std::string& value) {
-  size_t used = 0;
-  double x = 0;
-  try {
-    x = std::stod(value, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != value.size() || !std::isfinite(x)) {
-    throw InvalidArgument("exdyna: parameter " + key + "='" + value + "' is not a number");
-  }
-  return x;
-}
-
-void check_range(bool ok, const std::string& key, double x, const char* range) {
-  if (!ok) {
-    throw InvalidArgument(
-        detail::concat("exdyna: parameter ", key, "=", x, " is out of range (", range, ")"));
-  }
-}
-
-// Little-endian plain-old-data writer and bounds-checked reader for save_state/load_state.
-struct Writer {
-  std::vector<std::byte> bytes;
-  void append(const void* p, size_t n) {
-    const size_t at = bytes.size();
-    bytes.resize(at + n);
-    if (n > 0) std::memcpy(bytes.data() + at, p, n);
-  }
-  template <typename T>
-  void put(const T& x) {
-    append(&x, sizeof(T));
-  }
-  template <typename T>
-  void put_all(const std::vector<T>& v) {
-    append(v.data(), v.size() * sizeof(T));
-  }
-};
-
-struct Reader {
-  std::span<const std::byte> bytes;
-  size_t at = 0;
-  void need(size_t n, const char* what) {
-    DT_ENFORCE(bytes.size() - at >= n, "exdyna state: truncated at byte ", at, " of ", bytes.size(),
-               " while reading ", what);
-  }
-  template <typename T>
-  T get(const char* what) {
-    need(sizeof(T), what);
-    T x;
-    std::memcpy(&x, bytes.data() + at, sizeof(T));
-    at += sizeof(T);
-    return x;
-  }
-  template <typename T>
-  std::vector<T> get_all(uint64_t count, const char* what) {
-    DT_ENFORCE(count <= (bytes.size() - at) / sizeof(T), "exdyna state: ", what, " claims ", count,
-               " elements, only ", bytes.size() - at, " bytes left");
-    std::vector<T> v(count);
-    if (count > 0) std::memcpy(v.data(), bytes.data() + at, count * sizeof(T));
-    at += count * sizeof(T);
-    return v;
-  }
-};
-
 constexpr uint32_t kStateMagic = 0x45584459;  // "EXDY"
-constexpr uint32_t kStateVersion = 2;         // 2 added the velocity; 1 is still read
+constexpr uint32_t kStateVersion = 3;         // 3: block order; 2: velocity; 1 and 2 still read
 
 template <typename Index>
 constexpr DataType index_dtype() {
@@ -116,67 +51,32 @@ constexpr DataType index_dtype() {
 }  // namespace
 
 ExDynaOptions parse_exdyna_options(const std::string& params) {
+  const Params p = parse_params("exdyna", params,
+                                {"density", "blocks", "order", "up", "down", "band", "balance",
+                                 "fast", "lambda0", "levels", "spacing", "momentum"});
   ExDynaOptions o;
-  if (params.empty()) return o;
-  if (params.find('=') == std::string::npos && params.find(',') == std::string::npos) {
-    o.density = parse_number("density", params);
-    check_range(o.density > 0 && o.density <= 1, "density", o.density, "(0, 1]");
-    return o;
-  }
-  size_t start = 0;
-  while (start <= params.size()) {
-    const size_t comma = std::min(params.find(',', start), params.size());
-    const std::string item = params.substr(start, comma - start);
-    start = comma + 1;
-    const size_t eq = item.find('=');
-    if (eq == std::string::npos) {
-      throw InvalidArgument("exdyna: '" + item +
-                            "' is not key=value (valid parameters: " + kValidParams + ")");
-    }
-    const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
-    if (key == "lambda0" && (value == "auto" || value == "spec")) {
-      o.lambda0 = value == "auto" ? ExDynaOptions::kAutoLambda : 0.0;
-      continue;
-    }
-    const double x = parse_number(key, value);
-    if (key == "density") {
-      check_range(x > 0 && x <= 1, key, x, "(0, 1]");
-      o.density = x;
-    } else if (key == "blocks") {
-      check_range(x >= 1 && x <= double(1 << 30) && x == std::floor(x), key, x,
-                  "a whole number in [1, 2^30]");
-      o.blocks = static_cast<size_t>(x);
-    } else if (key == "up") {
-      check_range(x >= 1, key, x, ">= 1");
-      o.up = x;
-    } else if (key == "down") {
-      check_range(x > 0 && x <= 1, key, x, "(0, 1]");
-      o.down = x;
-    } else if (key == "band") {
-      check_range(x >= 1, key, x, ">= 1");
-      o.band = x;
-    } else if (key == "fast") {
-      check_range(x >= 1 && x <= 2, key, x, "[1, 2]");
-      o.fast = x;
-    } else if (key == "balance") {
-      check_range(x >= 1, key, x, ">= 1");
-      o.balance = x;
-    } else if (key == "levels") {
-      check_range(x >= 1 && x <= 64 && x == std::floor(x), key, x, "a whole number in [1, 64]");
-      o.levels = static_cast<int>(x);
-    } else if (key == "spacing") {
-      check_range(x > 1 && x <= 2, key, x, "(1, 2]");
-      o.spacing = x;
-    } else if (key == "momentum") {
-      check_range(x >= 0 && x < 1, key, x, "[0, 1)");
-      o.momentum = x;
-    } else if (key == "lambda0") {
-      check_range(x >= 0, key, x, ">= 0, auto or spec (0 = spec: 1 / (2 sqrt(k)))");
-      o.lambda0 = x;
-    } else {
-      throw InvalidArgument("exdyna: unknown parameter '" + key +
-                            "' (valid parameters: " + kValidParams + ")");
-    }
+  o.density = p.get_double("density", o.density, 0, 1, /*lo_open=*/true);
+  o.blocks = p.get_size("blocks", o.blocks, 1, size_t{1} << 30);
+  const std::string order = p.get_string("order", exdyna::name(o.order));
+  DT_ENFORCE(order == "interleaved" || order == "contiguous", "--reduce exdyna: order=", order,
+             " is not interleaved or contiguous");
+  o.order =
+      order == "interleaved" ? exdyna::BlockOrder::kInterleaved : exdyna::BlockOrder::kContiguous;
+  o.up = p.get_double("up", o.up, 1, 2);
+  o.down = p.get_double("down", o.down, 0, 1, /*lo_open=*/true);
+  o.band = p.get_double("band", o.band, 1, 10);
+  o.balance = p.get_double("balance", o.balance, 1, 10);
+  o.fast = p.get_double("fast", o.fast, 1, 2);
+  o.levels = static_cast<int>(p.get_size("levels", static_cast<size_t>(o.levels), 1, 64));
+  o.spacing = p.get_double("spacing", o.spacing, 1, 2, /*lo_open=*/true);
+  o.momentum = p.get_double("momentum", o.momentum, 0, 1, false, /*hi_open=*/true);
+  const std::string lambda0 = p.get_string("lambda0", "auto");
+  if (lambda0 == "auto") {
+    o.lambda0 = ExDynaOptions::kAutoLambda;
+  } else if (lambda0 == "spec") {
+    o.lambda0 = 0;
+  } else {
+    o.lambda0 = p.get_double("lambda0", 0, 0, 1e30);
   }
   return o;
 }
@@ -184,13 +84,17 @@ ExDynaOptions parse_exdyna_options(const std::string& params) {
 ExDynaReducer::ExDynaReducer(comm::Group& group, ExDynaOptions options)
     : group_(group), options_(options) {}
 
-double ExDynaReducer::measured_threshold(std::span<const float> c, size_t begin, size_t end) {
+double ExDynaReducer::measured_threshold(const Bucket& b, int part) {
   // The (k/n)-th largest magnitude of this worker's partition, averaged over the workers.
   const int n = group_.size();
+  const std::vector<float>& c = b.residual;
+  std::vector<float> mag;
+  mag.reserve(b.partitions.elements_in(part));
+  for (const auto& [begin, end] : b.partitions.runs(part)) {
+    for (size_t i = begin; i < end; ++i) mag.push_back(std::fabs(c[i]));
+  }
   double lambda = 0;
-  if (end > begin) {
-    std::vector<float> mag(c.begin() + begin, c.begin() + end);
-    for (float& v : mag) v = std::fabs(v);
+  if (!mag.empty()) {
     const double want = options_.density * double(c.size()) / n;
     const size_t kth = std::min(mag.size() - 1, static_cast<size_t>(std::max(want, 1.0)) - 1);
     std::nth_element(mag.begin(), mag.begin() + kth, mag.end(), std::greater<float>());
@@ -207,6 +111,7 @@ double ExDynaReducer::measured_threshold(std::span<const float> c, size_t begin,
 void ExDynaReducer::begin_step(uint64_t step) {
   GradientReducer::begin_step(step);
   figures_ = {};
+  partition_counts_.clear();
 }
 
 void ExDynaReducer::on_layout(const Layout& previous) {
@@ -221,7 +126,9 @@ void ExDynaReducer::reduce(size_t index, std::span<float> grad) {
              " comes before bucket ", buckets_.size(), " was ever reduced");
   if (index == buckets_.size()) {
     Bucket b;
-    b.partitions = exdyna::Partitions(grad.size(), options_.blocks, group_.size());
+    // Each bucket its own block order (seeded by its index), the same on every rank.
+    b.partitions = exdyna::Partitions(grad.size(), options_.blocks, group_.size(), options_.order,
+                                      /*seed=*/index);
     b.residual.assign(grad.size(), 0.0f);
     if (options_.momentum > 0) b.velocity.assign(grad.size(), 0.0f);
     b.threshold = options_.lambda0 > 0    ? options_.lambda0
@@ -251,56 +158,67 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
   const int n = group_.size();
   const int rank = group_.rank();
   const size_t d = grad.size();
+  exdyna::Partitions& parts = b.partitions;
   float* c = b.residual.data();
   float* u = b.velocity.empty() ? nullptr : b.velocity.data();
-  if (u != nullptr) {  // momentum correction: the residual accumulates the velocity
-    const auto m = static_cast<float>(options_.momentum);
-    for (size_t i = 0; i < d; ++i) {
-      u[i] = m * u[i] + grad[i];
-      c[i] += u[i];
-      grad[i] = 0.0f;
-    }
-  } else {
-    for (size_t i = 0; i < d; ++i) {  // grad is cleared in the same pass; the update lands later
-      c[i] += grad[i];
-      grad[i] = 0.0f;
+  const auto m = static_cast<float>(options_.momentum);
+  const int part = static_cast<int>((step % n + rank) % n);
+  const bool first = b.threshold == 0.0;  // lambda0=auto: measured after compensating
+  const int levels = options_.levels;
+  std::vector<float> thresholds;
+  if (!first) thresholds = exdyna::level_thresholds(b.threshold, levels, options_.spacing);
+
+  // Step 1: one pass; the own partition's runs also collect the candidates at the lowest level.
+  mine.clear();
+  parts.for_each_run(part, [&](size_t begin, size_t end, bool owned) {
+    exdyna::compensate_select<Index>(c, grad.data(), u, m, begin, end, first ? 0.0f : thresholds[0],
+                                     !first && owned ? &mine : nullptr);
+  });
+  if (first) {
+    b.threshold = measured_threshold(b, part);
+    thresholds = exdyna::level_thresholds(b.threshold, levels, options_.spacing);
+    for (const auto& [begin, end] : parts.runs(part)) {
+      exdyna::select_threshold(b.residual, begin, end, thresholds[0], mine);
     }
   }
 
-  const int part = static_cast<int>((step % n + rank) % n);
-  const size_t begin = b.partitions.begin(part), end = b.partitions.end(part);
-  if (b.threshold == 0.0) b.threshold = measured_threshold(b.residual, begin, end);
-  // One pass collects the candidates at the lowest level; each level's count goes to the others.
-  const int levels = options_.levels;
-  const std::vector<float> thresholds =
-      exdyna::level_thresholds(b.threshold, levels, options_.spacing);
-  mine.clear();
-  exdyna::select_threshold(b.residual, begin, end, thresholds[0], mine);
+  // Step 2: counts at every level.
   std::vector<int64_t> level_counts(static_cast<size_t>(n) * levels, 0);
   std::span<int64_t> own_counts(level_counts.data() + static_cast<size_t>(rank) * levels, levels);
   exdyna::count_levels<Index>(b.residual, mine, thresholds, own_counts);
-  if (begin < end) {  // a worker with a partition sends at least its largest element
+  if (parts.blocks_in(part) > 0) {  // every partition sends at least one index
     for (int64_t& count : own_counts) count = std::max<int64_t>(count, 1);
   }
+
+  // Step 3: exchange counts, pick the level, exchange indices, sum values.
   collective::AllgatherOptions ag(group_);
   ag.output = level_counts;
   collective::allgather(ag);
-  std::vector<int64_t> totals(levels, 0);
   for (int w = 0; w < n; ++w) {
     for (int j = 0; j < levels; ++j) {
       const int64_t count = level_counts[static_cast<size_t>(w) * levels + j];
       DT_ENFORCE_AS(ProtocolError, count >= 0 && static_cast<uint64_t>(count) <= d, "exdyna: rank ",
                     w, " announced ", count, " indices for a bucket of ", d);
-      totals[j] += count;
     }
+  }
+  std::vector<int64_t> totals(levels, 0);
+  for (int w = 0; w < n; ++w) {
+    for (int j = 0; j < levels; ++j) totals[j] += level_counts[static_cast<size_t>(w) * levels + j];
   }
   const int level = exdyna::nearest_level(totals, options_.density * static_cast<double>(d));
   const float lambda = thresholds[level];
   if (level > 0) {
     std::erase_if(mine, [&](Index i) { return !(std::fabs(c[i]) >= lambda); });
   }
-  if (mine.empty() && begin < end) {
-    mine.push_back(static_cast<Index>(exdyna::argmax_abs(b.residual, begin, end)));
+  const bool has_partition = parts.blocks_in(part) > 0;
+  if (mine.empty() && has_partition) {  // a worker with a partition sends at least one index
+    size_t best = 0;
+    float best_magnitude = -1;
+    for (const auto& [begin, end] : parts.runs(part)) {
+      const size_t i = exdyna::argmax_abs(b.residual, begin, end);
+      if (std::fabs(c[i]) > best_magnitude) best_magnitude = std::fabs(c[best = i]);
+    }
+    mine.push_back(static_cast<Index>(best));
   }
   std::vector<int64_t> counts(n);
   uint64_t k_sent = 0;
@@ -320,10 +238,10 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
   size_t at = 0;
   for (int w = 0; w < n; ++w) {
     const int owned = static_cast<int>((step % n + w) % n);
-    const size_t lo = b.partitions.begin(owned), hi = b.partitions.end(owned);
     for (size_t j = at; j < at + static_cast<size_t>(counts[w]); ++j) {
-      DT_ENFORCE_AS(ProtocolError, all[j] >= lo && all[j] < hi, "exdyna: rank ", w, " sent index ",
-                    all[j], " outside its partition [", lo, ", ", hi, ") (partitions disagree?)");
+      DT_ENFORCE_AS(ProtocolError, all[j] < d && parts.owner(all[j]) == owned, "exdyna: rank ", w,
+                    " sent index ", all[j], " outside its partition ", owned, " (bucket of ", d,
+                    "; partitions disagree?)");
     }
     at += static_cast<size_t>(counts[w]);
   }
@@ -333,15 +251,17 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
   collective::AllreduceOptions ar(group_);
   ar.output = values_;
   collective::allreduce(ar);
+
+  // Step 4: apply; error feedback and momentum factor masking at the union.
   for (size_t j = 0; j < k_sent; ++j) {
     grad[all[j]] = values_[j] / static_cast<float>(n);
     c[all[j]] = 0.0f;
   }
-  if (u != nullptr) {  // momentum factor masking
+  if (u != nullptr) {
     for (size_t j = 0; j < k_sent; ++j) u[all[j]] = 0.0f;
   }
 
-  // Figures of this step, then the adaptation for the next one.
+  // Step 5: figures of this step, then the adaptation for the next one.
   uint64_t max_count = 0;
   std::vector<uint64_t> partition_counts(n);
   for (int w = 0; w < n; ++w) {
@@ -357,7 +277,9 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
   b.threshold = levels > 1
                     ? static_cast<double>(lambda)
                     : exdyna::next_threshold(b.threshold, k_sent, options_.density * d, options_);
-  b.partitions.rebalance(partition_counts, options_.balance);
+  parts.rebalance(partition_counts, options_.balance);
+  partition_counts_.emplace_back(static_cast<size_t>(&b - buckets_.data()),
+                                 std::move(partition_counts));
 
   if (n > 1) {
     const uint64_t index_bytes = sizeof(Index);
@@ -379,34 +301,41 @@ std::vector<std::pair<std::string, double>> ExDynaReducer::step_metrics() const 
           {"k_sent", k}};
 }
 
-// Layout: magic, version, n, bucket count; per bucket: d, block size, n + 1 boundaries,
-// threshold, n worker counts, d residual floats, u64 velocity size (0 or d; since version 2) and
-// the velocity floats. Native byte order (checkpoints are read back on
-// the machine kind that wrote them).
+std::vector<std::pair<std::string, std::vector<double>>> ExDynaReducer::step_vectors() const {
+  std::vector<std::pair<std::string, std::vector<double>>> out;
+  if (step() % kPartitionCountsEvery != 0) return out;
+  for (const auto& [bucket, counts] : partition_counts_) {
+    out.emplace_back("partition_counts/" + std::to_string(bucket),
+                     std::vector<double>(counts.begin(), counts.end()));
+  }
+  return out;
+}
+
+// Layout: magic, version, n, bucket count; per bucket: d, block size, block order and seed
+// (u32, u64; since version 3, before: contiguous), n + 1 boundaries, threshold, n worker counts,
+// d residual floats, u64 velocity size (0 or d; since version 2) and the velocity floats.
 std::vector<std::byte> ExDynaReducer::save_state() const {
-  Writer w;
-  w.put(kStateMagic);
-  w.put(kStateVersion);
-  w.put(static_cast<uint32_t>(group_.size()));
-  w.put(static_cast<uint64_t>(buckets_.size()));
+  ByteWriter w;
+  w.put(kStateMagic).put(kStateVersion);
+  w.put(static_cast<uint32_t>(group_.size())).put(static_cast<uint64_t>(buckets_.size()));
   for (const Bucket& b : buckets_) {
     w.put(static_cast<uint64_t>(b.residual.size()));
     w.put(static_cast<uint64_t>(b.partitions.block_size()));
+    w.put(static_cast<uint32_t>(b.partitions.order())).put(b.partitions.seed());
     for (size_t x : b.partitions.boundaries()) w.put(static_cast<uint64_t>(x));
     w.put(b.threshold);
-    w.put_all(b.worker_counts);
-    w.put_all(b.residual);
-    w.put(static_cast<uint64_t>(b.velocity.size()));
-    w.put_all(b.velocity);
+    w.put_array(std::span<const uint64_t>(b.worker_counts));
+    w.put_array(std::span<const float>(b.residual));
+    w.put_vector(b.velocity);
   }
-  return std::move(w.bytes);
+  return w.take();
 }
 
 void ExDynaReducer::load_state(std::span<const std::byte> state) {
-  Reader r{state};
+  ByteReader r(state, "exdyna state");
   const auto magic = r.get<uint32_t>("magic");
   const auto version = r.get<uint32_t>("version");
-  DT_ENFORCE(magic == kStateMagic && (version == 1 || version == kStateVersion),
+  DT_ENFORCE(magic == kStateMagic && version >= 1 && version <= kStateVersion,
              "exdyna state: not an exdyna checkpoint of version 1 to ", kStateVersion,
              " (was it written with another --reduce?)");
   const uint32_t n = r.get<uint32_t>("world size");
@@ -418,25 +347,30 @@ void ExDynaReducer::load_state(std::span<const std::byte> state) {
     Bucket b;
     const auto d = r.get<uint64_t>("bucket size");
     const auto block_size = r.get<uint64_t>("block size");
-    auto bounds = r.get_all<uint64_t>(n + 1, "partition boundaries");
-    b.partitions =
-        exdyna::Partitions(d, block_size, std::vector<size_t>(bounds.begin(), bounds.end()));
+    auto order = exdyna::BlockOrder::kContiguous;
+    uint64_t seed = 0;
+    if (version >= 3) {
+      order = static_cast<exdyna::BlockOrder>(r.get<uint32_t>("block order"));
+      seed = r.get<uint64_t>("block order seed");
+    }
+    auto bounds = r.get_array<uint64_t>(n + 1, "partition boundaries");
+    b.partitions = exdyna::Partitions(d, block_size, order, seed,
+                                      std::vector<size_t>(bounds.begin(), bounds.end()));
     b.threshold = r.get<double>("threshold");
-    b.worker_counts = r.get_all<uint64_t>(n, "worker counts");
+    b.worker_counts = r.get_array<uint64_t>(n, "worker counts");
     for (uint64_t k : b.worker_counts) b.k_sent += k;
-    b.residual = r.get_all<float>(d, "residual");
+    b.residual = r.get_array<float>(d, "residual");
     if (version >= 2) {
-      const auto v = r.get<uint64_t>("velocity size");
-      DT_ENFORCE(v == 0 || v == d, "exdyna state: bucket ", i, " has a velocity of ", v,
-                 " elements for ", d);
-      b.velocity = r.get_all<float>(v, "velocity");
+      b.velocity = r.get_vector<float>("velocity");
+      DT_ENFORCE(b.velocity.empty() || b.velocity.size() == d, "exdyna state: bucket ", i,
+                 " has a velocity of ", b.velocity.size(), " elements for ", d);
     }
     buckets.push_back(std::move(b));
   }
-  DT_ENFORCE(r.at == state.size(), "exdyna state: ", state.size() - r.at, " bytes left over after ",
-             count, " buckets (", state.size(), " bytes in all)");
+  r.finish();
   buckets_ = std::move(buckets);
   figures_ = {};
+  partition_counts_.clear();
 }
 
 std::unique_ptr<GradientReducer> make_exdyna_reducer(const std::string& params,

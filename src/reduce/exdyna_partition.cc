@@ -1,91 +1,140 @@
-// ExDyna's pure pieces: blocks and partitions, one-pass threshold selection, threshold control.
+// ExDyna's blocks and partitions (see include/dtrain/reduce/exdyna_partition.h).
 //
-// Works as follows. A bucket of d floats is cut into at most B blocks whose size is a multiple of
-// 32 (cache-line and SIMD friendly; the last block takes the remainder). The n partitions are runs
-// of contiguous blocks, stored as n + 1 block boundaries; moving a boundary by one block is the
-// only change rebalance() makes, so partitions stay disjoint and covering by construction.
-//
-// Selection is the hot loop (every worker runs it over d / n floats every step). It reads 16
-// floats at a time and compares their magnitudes with lambda in SIMD registers; at the densities
-// that matter (<= a few percent) most groups have no hit, so one test of the or-ed comparisons
-// skips them, and the loop runs near memory bandwidth. A group with hits folds its four masks
-// into one 16-bit mask decoded bit by bit, which keeps the indices in increasing order.
-// The scalar loop handles the tail (and whole ranges where SSE2 is not available).
+// Works as follows. The n + 1 boundaries are positions in the block order; order_ maps a
+// position to its block and owner_ maps a block to its partition. Moving a boundary by one
+// position hands exactly one block from one partition to its neighbour in the order, so both
+// tables change in O(1) and partitions stay disjoint and covering. The interleaved order deals
+// each group of n consecutive blocks out to the n partitions, one block each, through a
+// permutation of the n slots drawn per group (Fisher-Yates on a keyed stream of seed, d, block
+// count and group): the order lists every group's slot-0 block, then every group's slot-1 block,
+// and so on, and partition p starts as exactly the slot-p blocks. So every layer of at least n
+// blocks splits evenly by block count, smaller clusters still spread, and no row length of a
+// weight matrix can alias with the stride. Every rank (and a resumed run) draws the same order
+// without communicating; a checkpoint stores the kind, the seed and the boundaries, never the
+// permutation.
+#include "dtrain/reduce/exdyna_partition.h"
+
 #include <algorithm>
-#include <bit>
-#include <cmath>
+#include <numeric>
 
 #include "dtrain/common/error.h"
-#include "dtrain/reduce/exdyna.h"
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include "dtrain/common/random.h"
 
 namespace dtrain::reduce::exdyna {
 namespace {
 
 constexpr size_t kAlign = 32;
+constexpr uint64_t kOrderDomain = 0x65786479626c6bull;  // "exdyblk"
 
-template <typename Index>
-void select_impl(std::span<const float> values, size_t begin, size_t end, float lambda,
-                 std::vector<Index>& out) {
-  DT_ENFORCE(begin <= end && end <= values.size(), "select_threshold: range [", begin, ", ", end,
-             ") is outside a vector of ", values.size());
-  const float* v = values.data();
-  size_t i = begin;
-#if defined(__SSE2__)
-  const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
-  const __m128 threshold = _mm_set1_ps(lambda);
-  for (; i + 16 <= end; i += 16) {
-    auto hits = [&](size_t at) {
-      return _mm_cmpge_ps(_mm_and_ps(_mm_loadu_ps(v + at), abs_mask), threshold);
-    };
-    const __m128 h0 = hits(i), h1 = hits(i + 4), h2 = hits(i + 8), h3 = hits(i + 12);
-    if (_mm_movemask_ps(_mm_or_ps(_mm_or_ps(h0, h1), _mm_or_ps(h2, h3))) == 0) continue;
-    unsigned mask = static_cast<unsigned>(_mm_movemask_ps(h0) | _mm_movemask_ps(h1) << 4 |
-                                          _mm_movemask_ps(h2) << 8 | _mm_movemask_ps(h3) << 12);
-    while (mask != 0) {
-      out.push_back(static_cast<Index>(i + std::countr_zero(mask)));
-      mask &= mask - 1;
-    }
-  }
-#endif
-  for (; i < end; ++i) {
-    if (std::fabs(v[i]) >= lambda) out.push_back(static_cast<Index>(i));
-  }
+size_t minimum_blocks(size_t num_blocks, size_t parts) {
+  return num_blocks >= parts ? std::max<size_t>(1, num_blocks / (4 * parts)) : 0;
 }
 
 }  // namespace
 
-Partitions::Partitions(size_t d, size_t max_blocks, int n) : d_(d) {
+const char* name(BlockOrder order) {
+  return order == BlockOrder::kContiguous ? "contiguous" : "interleaved";
+}
+
+Partitions::Partitions(size_t d, size_t max_blocks, int n, BlockOrder order, uint64_t seed)
+    : d_(d), order_kind_(order), seed_(seed) {
   DT_ENFORCE(max_blocks >= 1, "exdyna: blocks must be >= 1, got ", max_blocks);
   DT_ENFORCE(n >= 1, "exdyna: partitions need n >= 1, got ", n);
   block_size_ = std::max(kAlign, d / max_blocks / kAlign * kAlign);
-  num_blocks_ = d == 0 ? 0 : std::clamp<size_t>(d / block_size_, 1, max_blocks);
+  // The spec gives the remainder to the last block, which can make it up to 32 * max_blocks
+  // elements long; interleaved, that lump would weigh on one partition, so the blocks keep their
+  // size and the count goes up to d / block_size (at most max_blocks (1 + 32 / block_size)).
+  num_blocks_ = d == 0 ? 0
+                : order == BlockOrder::kContiguous
+                    ? std::clamp<size_t>(d / block_size_, 1, max_blocks)
+                    : std::max<size_t>(1, d / block_size_);
   const size_t parts = static_cast<size_t>(n);
-  min_blocks_ = num_blocks_ >= parts ? std::max<size_t>(1, num_blocks_ / (4 * parts)) : 0;
+  min_blocks_ = minimum_blocks(num_blocks_, parts);
   bounds_.resize(parts + 1);
   for (size_t p = 0; p <= parts; ++p) bounds_[p] = p * num_blocks_ / parts;
+  // Interleaved, partition p starts as exactly the blocks dealt to slot p.
+  const std::vector<size_t> slot_start = lay_out();
+  if (order == BlockOrder::kInterleaved) bounds_ = slot_start;
+  assign_owners();
 }
 
-Partitions::Partitions(size_t d, size_t block_size, std::vector<size_t> boundaries)
-    : d_(d), block_size_(block_size), bounds_(std::move(boundaries)) {
+Partitions::Partitions(size_t d, size_t block_size, BlockOrder order, uint64_t seed,
+                       std::vector<size_t> boundaries)
+    : d_(d),
+      block_size_(block_size),
+      order_kind_(order),
+      seed_(seed),
+      bounds_(std::move(boundaries)) {
   DT_ENFORCE(block_size_ >= kAlign && block_size_ % kAlign == 0, "exdyna partitions: block size ",
              block_size_, " is not a positive multiple of 32");
   DT_ENFORCE(bounds_.size() >= 2, "exdyna partitions: need at least 2 boundaries, got ",
              bounds_.size());
+  DT_ENFORCE(order == BlockOrder::kContiguous || order == BlockOrder::kInterleaved,
+             "exdyna partitions: unknown block order ", static_cast<uint32_t>(order));
   num_blocks_ = d == 0 ? 0 : std::max<size_t>(1, std::min(d / block_size_, bounds_.back()));
   const size_t parts = bounds_.size() - 1;
-  min_blocks_ = num_blocks_ >= parts ? std::max<size_t>(1, num_blocks_ / (4 * parts)) : 0;
+  min_blocks_ = minimum_blocks(num_blocks_, parts);
   DT_ENFORCE(bounds_.front() == 0 && bounds_.back() == num_blocks_,
              "exdyna partitions: ", "boundaries run from ", bounds_.front(), " to ", bounds_.back(),
              ", expected 0 to ", num_blocks_);
   for (size_t p = 0; p < parts; ++p) {
     DT_ENFORCE(bounds_[p] <= bounds_[p + 1] && bounds_[p + 1] - bounds_[p] >= min_blocks_,
-               "exdyna partitions: partition ", p, " spans blocks [", bounds_[p], ", ",
-               bounds_[p + 1], "), fewer than ", min_blocks_);
+               "exdyna partitions: partition ", p, " spans positions [", bounds_[p], ", ",
+               bounds_[p + 1], "), fewer than ", min_blocks_, " blocks");
   }
+  lay_out();
+  assign_owners();
+}
+
+std::vector<size_t> Partitions::lay_out() {
+  DT_ENFORCE(num_blocks_ <= UINT32_MAX, "exdyna partitions: ", num_blocks_, " blocks");
+  const size_t parts = bounds_.size() - 1;
+  std::vector<size_t> slot_start(parts + 1, 0);
+  order_.resize(num_blocks_);
+  std::iota(order_.begin(), order_.end(), uint32_t{0});
+  if (order_kind_ == BlockOrder::kInterleaved && num_blocks_ > 0) {
+    const size_t groups = (num_blocks_ + parts - 1) / parts;
+    // slot_blocks[s]: the block each group deals to slot s, in group order.
+    std::vector<std::vector<uint32_t>> slot_blocks(parts);
+    std::vector<uint32_t> slots(parts);
+    for (size_t q = 0; q < groups; ++q) {
+      std::iota(slots.begin(), slots.end(), uint32_t{0});
+      KeyedRng rng({kOrderDomain, seed_, d_, num_blocks_, q});
+      for (size_t i = parts; i > 1; --i) std::swap(slots[i - 1], slots[rng.below(i)]);
+      for (size_t j = 0; j < parts && q * parts + j < num_blocks_; ++j) {
+        slot_blocks[slots[j]].push_back(static_cast<uint32_t>(q * parts + j));
+      }
+    }
+    size_t at = 0;
+    for (size_t p = 0; p < parts; ++p) {
+      for (uint32_t b : slot_blocks[p]) order_[at++] = b;
+      slot_start[p + 1] = at;
+    }
+  }
+  return slot_start;
+}
+
+void Partitions::assign_owners() {
+  owner_.assign(num_blocks_, -1);
+  for (int p = 0; p < count(); ++p) {
+    for (size_t pos = bounds_[p]; pos < bounds_[p + 1]; ++pos) owner_[order_[pos]] = p;
+  }
+}
+
+size_t Partitions::elements_in(int p) const {
+  size_t n = 0;
+  for (size_t pos = bounds_[p]; pos < bounds_[p + 1]; ++pos) {
+    n += block_end(order_[pos]) - block_begin(order_[pos]);
+  }
+  return n;
+}
+
+std::vector<std::pair<size_t, size_t>> Partitions::runs(int p) const {
+  std::vector<std::pair<size_t, size_t>> out;
+  for_each_run(p, [&](size_t begin, size_t end, bool owned) {
+    if (owned) out.emplace_back(begin, end);
+  });
+  return out;
 }
 
 int Partitions::rebalance(std::span<const uint64_t> counts, double balance) {
@@ -100,104 +149,14 @@ int Partitions::rebalance(std::span<const uint64_t> counts, double balance) {
   for (int i = 0; i + 1 < n; ++i) {
     const auto left = static_cast<double>(counts[i]), right = static_cast<double>(counts[i + 1]);
     if (left > high && right < low && blocks_in(i) > min_blocks_) {
-      --bounds_[i + 1];
+      owner_[order_[--bounds_[i + 1]]] = i + 1;  // i's last block goes to i + 1
       ++moved;
     } else if (right > high && left < low && blocks_in(i + 1) > min_blocks_) {
-      ++bounds_[i + 1];
+      owner_[order_[bounds_[i + 1]++]] = i;  // i + 1's first block goes to i
       ++moved;
     }
   }
   return moved;
-}
-
-void select_threshold(std::span<const float> values, size_t begin, size_t end, float lambda,
-                      std::vector<uint32_t>& out) {
-  select_impl(values, begin, end, lambda, out);
-}
-
-void select_threshold(std::span<const float> values, size_t begin, size_t end, float lambda,
-                      std::vector<uint64_t>& out) {
-  select_impl(values, begin, end, lambda, out);
-}
-
-size_t argmax_abs(std::span<const float> values, size_t begin, size_t end) {
-  DT_ENFORCE(begin < end && end <= values.size(), "argmax_abs: bad range [", begin, ", ", end,
-             ") of ", values.size());
-  size_t best = begin;
-  float best_magnitude = std::fabs(values[begin]);
-  for (size_t i = begin + 1; i < end; ++i) {
-    const float m = std::fabs(values[i]);
-    if (m > best_magnitude) {
-      best_magnitude = m;
-      best = i;
-    }
-  }
-  return best;
-}
-
-double initial_threshold(double density, size_t d) {
-  const double k = std::max(1.0, density * static_cast<double>(d));
-  return 1.0 / (2.0 * std::sqrt(k));
-}
-
-double next_threshold(double lambda, uint64_t k_sent, double k, const ExDynaOptions& o) {
-  const double r = static_cast<double>(k_sent) / std::max(1.0, k);
-  // Outside the band: the spec's fixed gain, or the proportional catch-up r^(1/8) capped at
-  // `fast` when that moves further (r^(1/8): with the count's elasticity to lambda of about -6 for
-  // Gaussian tails, each step removes ~3/4 of the log error, without overshooting).
-  const double catch_up = std::clamp(std::pow(r, 0.125), 1.0 / o.fast, o.fast);
-  if (r > o.band) return lambda * std::max(o.up, catch_up);
-  if (r < 1.0 / o.band) return lambda * std::min(o.down, catch_up);
-  return lambda;
-}
-
-std::vector<float> level_thresholds(double lambda, int levels, double spacing) {
-  DT_ENFORCE(levels >= 1 && spacing > 1, "exdyna: need levels >= 1 and spacing > 1, got ", levels,
-             " and ", spacing);
-  std::vector<float> out(levels);
-  for (int j = 0; j < levels; ++j) {
-    out[j] = static_cast<float>(lambda * std::pow(spacing, j - levels / 2));
-  }
-  return out;
-}
-
-template <typename Index>
-void count_levels(std::span<const float> values, std::span<const Index> candidates,
-                  std::span<const float> levels, std::span<int64_t> counts) {
-  DT_ENFORCE(counts.size() == levels.size(), "count_levels: ", counts.size(), " counts for ",
-             levels.size(), " levels");
-  // A histogram by the highest level each candidate reaches, then suffix sums.
-  std::vector<int64_t> highest(levels.size(), 0);
-  for (Index i : candidates) {
-    const float m = std::fabs(values[i]);
-    const auto reached = std::upper_bound(levels.begin(), levels.end(), m) - levels.begin();
-    DT_ENFORCE(reached >= 1, "count_levels: candidate ", i, " (|", values[i],
-               "|) is below the lowest level ", levels[0]);
-    ++highest[reached - 1];
-  }
-  int64_t above = 0;
-  for (size_t j = levels.size(); j-- > 0;) {
-    above += highest[j];
-    counts[j] += above;
-  }
-}
-template void count_levels<uint32_t>(std::span<const float>, std::span<const uint32_t>,
-                                     std::span<const float>, std::span<int64_t>);
-template void count_levels<uint64_t>(std::span<const float>, std::span<const uint64_t>,
-                                     std::span<const float>, std::span<int64_t>);
-
-int nearest_level(std::span<const int64_t> totals, double k) {
-  const int middle = static_cast<int>(totals.size()) / 2;
-  int best = middle;
-  for (int j = 0; j < static_cast<int>(totals.size()); ++j) {
-    const double error = std::fabs(double(totals[j]) - k);
-    const double best_error = std::fabs(double(totals[best]) - k);
-    if (error < best_error ||
-        (error == best_error && std::abs(j - middle) < std::abs(best - middle))) {
-      best = j;
-    }
-  }
-  return best;
 }
 
 }  // namespace dtrain::reduce::exdyna

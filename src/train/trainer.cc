@@ -430,6 +430,14 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
       const double elapsed = since(t_start);
       const double mb = eng.reducer().bytes_sent() / 1e6;
       progress.step(epoch, s, l, step * double(per_step) * world / std::max(elapsed, 1e-9), mb);
+      // The reducer's figures of every step (rank 0's: densities, thresholds, imbalance, ...):
+      // cheap scalars, no collective; vectors (e.g. per-partition counts) when it returns them.
+      if (auto figures = eng.reducer().step_metrics(); !figures.empty()) {
+        nlohmann::json record = {{"kind", "reduce"}, {"step", step}};
+        for (const auto& [key, value] : figures) record[key] = value;
+        for (const auto& [key, values] : eng.reducer().step_vectors()) record[key] = values;
+        metrics.write(record);
+      }
       if (step % o.log_every == 0) {
         double mean_loss = global_mean(l, g);
         nlohmann::json record = {{"kind", "step"},
@@ -440,8 +448,6 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
                                  {"samples", (step - start.step) * per_step * world},
                                  {"bytes_sent", eng.reducer().bytes_sent()},
                                  {"bytes_recv", eng.reducer().bytes_received()}};
-        // The reducer's own figures of this step (rank 0's: densities, thresholds, ...).
-        for (const auto& [key, value] : eng.reducer().step_metrics()) record[key] = value;
         metrics.write(record);
       }
       if (o.checkpoint_every > 0 && step % o.checkpoint_every == 0) {

@@ -79,6 +79,11 @@ class GradientReducer {
   // imbalance; OmniReduce's union density), as (name, value) pairs. The trainer writes them into
   // its per-step metrics records. Empty by default.
   virtual std::vector<std::pair<std::string, double>> step_metrics() const { return {}; }
+  // Vector-valued figures of the latest step, returned at a low rate (e.g. ExDyna's
+  // per-partition counts every 50 steps); the trainer writes them like step_metrics().
+  virtual std::vector<std::pair<std::string, std::vector<double>>> step_vectors() const {
+    return {};
+  }
   // True if the reducer applies momentum itself (momentum correction): the optimizer must not
   // apply it a second time.
   virtual bool applies_momentum() const { return false; }
