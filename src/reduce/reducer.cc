@@ -5,6 +5,7 @@
 #include "dtrain/reduce/compressed.h"
 #include "dtrain/reduce/exdyna.h"
 #include "dtrain/reduce/omnireduce.h"
+#include "dtrain/reduce/powersgd.h"
 
 namespace dtrain::reduce {
 
@@ -116,6 +117,7 @@ void DenseReducer::reduce(size_t bucket, std::span<float> grad) {
 std::vector<std::string> reducer_names() {
   std::vector<std::string> names = {"dense", "omnireduce", "exdyna"};
   for (const auto& n : compressed_reducer_names()) names.push_back(n);
+  names.push_back("powersgd");
   return names;
 }
 
@@ -129,6 +131,7 @@ std::unique_ptr<GradientReducer> make_reducer(const std::string& spec, comm::Gro
       spec.find(':') == std::string::npos ? "" : spec.substr(spec.find(':') + 1);
   if (name == "omnireduce") return make_omnireduce_reducer(params, group);
   if (name == "exdyna") return make_exdyna_reducer(params, group);
+  if (name == "powersgd") return make_powersgd_reducer(params, group);
   for (const auto& n : compressed_reducer_names()) {
     if (name == n) return make_compressed_reducer(spec, group);
   }
