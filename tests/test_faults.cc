@@ -1,6 +1,8 @@
 // Faults with real processes: one rank is SIGKILLed or SIGSTOPped in the middle of allreduces;
 // every survivor must fail with an error of the right kind that names it, and the survivors must
-// be able to reconnect without it.
+// be able to reconnect without it. A rank whose own work fails (a full disk, a reducer that finds
+// a malformed message on the engine's thread) is named at once by every other rank, with no talk
+// of timeouts.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -15,6 +17,7 @@
 
 #include "dtrain/collective/collective.h"
 #include "dtrain/common/error.h"
+#include "dtrain/engine/engine.h"
 #include "harness.h"
 
 namespace dtrain::test {
@@ -170,6 +173,112 @@ TEST(Faults, SurvivorsReconnectWithoutTheDeadRank) {
     EXPECT_EQ(outcomes[r].kind, "reconnected") << "rank " << r << ": " << outcomes[r].message;
     EXPECT_NE(outcomes[r].message.find("rank(s) 1 failed"), std::string::npos)
         << "rank " << r << ": " << outcomes[r].message;
+  }
+}
+
+// Ranks 0 and 2 wait in an allreduce for rank 1, whose own work (run by run_rank, as every
+// command runs a rank's work) fails before it gets there: they name rank 1 and the cause at once.
+TEST(Faults, LocalErrorOnOneRankIsNamedByEveryRankWithoutTimeout) {
+  TempDir dir;
+  auto errors = run_threads(3, [&](int r) {
+    auto g = comm::Group::connect(local_options(dir, r, 3, comm::Millis(30000)));
+    comm::run_rank(*g, [&] {
+      if (r == 1)
+        throw IoError("cannot write checkpoint /x/checkpoint.pt: No space left on device");
+      std::vector<float> data(1000, 1.0f);
+      collective::AllreduceOptions o(*g);
+      o.output = data;
+      collective::allreduce(o);
+    });
+  });
+  ASSERT_TRUE(errors[1]);
+  EXPECT_THROW(std::rethrow_exception(errors[1]), IoError);
+  for (int r : {0, 2}) {
+    ASSERT_TRUE(errors[r]) << "rank " << r;
+    const std::string msg = what(errors[r]);
+    EXPECT_NE(msg.find("rank 1 failed: cannot write checkpoint"), std::string::npos)
+        << "rank " << r << ": " << msg;
+    EXPECT_EQ(msg.find("timed out"), std::string::npos) << "rank " << r << ": " << msg;
+    try {
+      std::rethrow_exception(errors[r]);
+    } catch (const IoError& e) {
+      const auto* f = dynamic_cast<const comm::GroupFailure*>(&e);
+      ASSERT_NE(f, nullptr) << msg;
+      EXPECT_EQ(f->culprit(), 1);
+      EXPECT_TRUE(f->peer_failed());
+    } catch (...) {
+      ADD_FAILURE() << "not an IoError: " << msg;
+    }
+  }
+}
+
+// Every rank finds the same mismatch after an exchange; whichever announces first, every rank ends
+// with an InvalidArgument that carries the mismatch.
+TEST(Faults, ErrorFoundByEveryRankKeepsItsKindAndCause) {
+  TempDir dir;
+  auto errors = run_threads(3, [&](int r) {
+    auto g = comm::Group::connect(local_options(dir, r, 3, comm::Millis(30000)));
+    comm::run_rank(*g, [&] {
+      std::vector<float> data(1000, float(r));
+      collective::AllreduceOptions o(*g);
+      o.output = data;
+      collective::allreduce(o);
+      throw InvalidArgument("--reduce differs between rank 0 and rank 2");
+    });
+  });
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE(errors[r]) << "rank " << r;
+    const std::string msg = what(errors[r]);
+    EXPECT_NE(msg.find("--reduce differs between rank 0 and rank 2"), std::string::npos) << msg;
+    EXPECT_THROW(std::rethrow_exception(errors[r]), InvalidArgument) << msg;
+  }
+}
+
+// A reducer that finds a malformed message on rank `victim` at step 1 (as ExDyna does with an
+// index outside its bucket); otherwise it averages with a dense allreduce.
+class MalformedOnOneRank : public reduce::GradientReducer {
+ public:
+  MalformedOnOneRank(comm::Group& g, int victim) : g_(g), victim_(victim) {}
+  void reduce(size_t bucket, std::span<float> grad) override {
+    if (g_.rank() == victim_ && step() == 1) {
+      throw ProtocolError("exdyna: rank 0 sent index 4096 outside bucket 0 (0..999)");
+    }
+    collective::AllreduceOptions o(g_);
+    o.output = grad;
+    collective::allreduce(o);
+  }
+  std::string name() const override { return "malformed-on-one-rank"; }
+
+ private:
+  comm::Group& g_;
+  int victim_;
+};
+
+TEST(Faults, ReducerErrorOnTheEngineThreadIsNamedByEveryRank) {
+  TempDir dir;
+  auto errors = run_threads(3, [&](int r) {
+    auto g = comm::Group::connect(local_options(dir, r, 3, comm::Millis(30000)));
+    comm::run_rank(*g, [&] {
+      engine::GradientEngine eng({{"w", 1000, {}}}, engine::Schedule::parse("single"),
+                                 std::make_unique<MalformedOnOneRank>(*g, 1),
+                                 engine::OnNonFinite::kAbort, nullptr);
+      std::vector<float> grad(1000, float(r));
+      for (int64_t step = 0; step < 3; ++step) {
+        eng.begin_step(step);
+        eng.on_gradient(0, grad);
+        eng.finish();
+      }
+    });
+  });
+  ASSERT_TRUE(errors[1]);
+  EXPECT_THROW(std::rethrow_exception(errors[1]), ProtocolError);
+  for (int r : {0, 2}) {
+    ASSERT_TRUE(errors[r]) << "rank " << r;
+    const std::string msg = what(errors[r]);
+    EXPECT_NE(msg.find("rank 1 failed: exdyna: rank 0 sent index 4096"), std::string::npos)
+        << "rank " << r << ": " << msg;
+    EXPECT_EQ(msg.find("timed out"), std::string::npos) << "rank " << r << ": " << msg;
+    EXPECT_THROW(std::rethrow_exception(errors[r]), ProtocolError) << msg;
   }
 }
 

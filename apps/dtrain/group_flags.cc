@@ -22,8 +22,16 @@ void GroupFlags::add_to(CLI::App& app) {
   app.add_option("--host", host,
                  "Address to bind and advertise (default $DTRAIN_HOST, else hostname)");
   app.add_option("--iface", iface, "Network interface to bind when --host is not given");
-  app.add_option("--transport", transport, "tcp or ibverbs")
-      ->check(CLI::IsMember({"tcp", "ibverbs"}));
+  // Not offered (hidden): ranks connect over TCP. Kept so that a script passing --transport tcp
+  // still works and one asking for anything else is told why not.
+  app.add_option("--transport", transport)->group("")->each([](const std::string& value) {
+    if (value == "tcp") return;
+    throw CLI::ValidationError(
+        "--transport", "'" + value +
+                           "' is not supported: dtrain connects its ranks over TCP only (Gloo's "
+                           "ibverbs transport refuses the unbound buffers every group operation "
+                           "uses); drop --transport, and pick the network with --host or --iface");
+  });
   app.add_option("--run-id", run_id,
                  "Job id shared by all ranks (default $DTRAIN_RUN_ID, else the "
                  "launcher's job id)");
@@ -44,7 +52,6 @@ comm::GroupOptions GroupFlags::resolve() const {
   }
   o.host = host.empty() ? env_or("DTRAIN_HOST", "") : host;
   o.iface = iface.empty() ? env_or("DTRAIN_IFACE", "") : iface;
-  o.transport = transport;
   o.run_id = run_id;
   o.timeout = comm::Millis(static_cast<int64_t>(timeout_s * 1000));
   return o;

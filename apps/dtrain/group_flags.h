@@ -11,9 +11,9 @@ struct GroupFlags {
   std::string rendezvous;  // default: $DTRAIN_RENDEZVOUS
   int rank = -1;           // default: launcher environment
   int size = -1;
-  std::string host;   // default: $DTRAIN_HOST
-  std::string iface;  // default: $DTRAIN_IFACE
-  std::string transport = "tcp";
+  std::string host;               // default: $DTRAIN_HOST
+  std::string iface;              // default: $DTRAIN_IFACE
+  std::string transport = "tcp";  // hidden flag: only tcp is accepted
   std::string run_id;
   double timeout_s = 60;
 

@@ -6,12 +6,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <optional>
 #include <random>
 #include <thread>
 
+#include "dtrain/comm/group.h"
 #include "dtrain/comm/rendezvous.h"
 #include "dtrain/common/error.h"
 #include "dtrain/common/logging.h"
@@ -19,24 +27,150 @@
 namespace dtrain::app {
 namespace {
 
+using SteadyClock = std::chrono::steady_clock;
+
 volatile sig_atomic_t g_interrupted = 0;
 void on_signal(int sig) {
   g_interrupted = sig;
 }
 
-std::string describe_status(int status) {
-  if (WIFEXITED(status)) return detail::concat("exited with status ", WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) {
-    return detail::concat("was killed by signal ", WTERMSIG(status), " (",
-                          strsignal(WTERMSIG(status)), ")");
+std::string signal_text(int sig) {
+  return detail::concat(sig, " (", strsignal(sig), ")");
+}
+
+// What a failed rank left for the launcher (report_failure writes it).
+struct Note {
+  int code = 0;
+  int culprit = -1;
+  std::string message;
+};
+
+std::string note_path(const std::string& dir, pid_t pid) {
+  return detail::concat(dir, "/failure.", pid);
+}
+
+std::optional<Note> read_note(const std::string& dir, pid_t pid) {
+  std::ifstream in(note_path(dir, pid));
+  Note n;
+  if (!(in >> n.code >> n.culprit)) return std::nullopt;
+  in.get();
+  n.message.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  while (!n.message.empty() && n.message.back() == '\n') n.message.pop_back();
+  return n;
+}
+
+struct Worker {
+  pid_t pid = -1;
+  bool running = true;   // not reaped yet
+  bool stopped = false;  // stopped by a signal and not continued (kept when it is then killed)
+  int stop_signal = 0;
+  SteadyClock::time_point stopped_at;
+  int status = 0;  // wait status once reaped
+  SteadyClock::time_point ended_at;
+  bool signalled = false;  // the launcher sent it SIGTERM or SIGKILL
+};
+
+std::string list(const std::vector<int>& ranks) {
+  std::string out;
+  for (int r : ranks) out += (out.empty() ? "" : ", ") + std::to_string(r);
+  return out;
+}
+
+// Who failed, and how: the first rank that failed on its own (a stop it never continued from, a
+// signal the launcher did not send, an error of its own), then the ranks that stopped because of
+// it. Ranks that only report a failed peer name it through their notes.
+std::string blame(const std::vector<Worker>& workers, const std::string& dir) {
+  struct Fault {
+    SteadyClock::time_point when;
+    int rank;
+    std::string what;
+  };
+  std::vector<Fault> faults;
+  std::vector<int> followers;
+  for (int r = 0; r < static_cast<int>(workers.size()); ++r) {
+    const Worker& w = workers[r];
+    if (w.stopped) {
+      faults.push_back({w.stopped_at, r,
+                        detail::concat("rank ", r, " was stopped by signal ",
+                                       signal_text(w.stop_signal), " and never continued")});
+    } else if (w.running || (WIFSIGNALED(w.status) && w.signalled)) {
+      continue;  // still there, or ended by the launcher
+    } else if (WIFSIGNALED(w.status)) {
+      faults.push_back(
+          {w.ended_at, r,
+           detail::concat("rank ", r, " was killed by signal ", signal_text(WTERMSIG(w.status)))});
+    } else if (WIFEXITED(w.status) && WEXITSTATUS(w.status) == kExitPeerFailed) {
+      followers.push_back(r);
+    } else if (WIFEXITED(w.status) && WEXITSTATUS(w.status) != 0) {
+      auto note = read_note(dir, w.pid);
+      faults.push_back(
+          {w.ended_at, r,
+           note ? detail::concat("rank ", r, " failed: ", note->message)
+                : detail::concat("rank ", r, " exited with status ", WEXITSTATUS(w.status))});
+    }
   }
-  return "ended abnormally";
+  std::sort(faults.begin(), faults.end(),
+            [](const Fault& a, const Fault& b) { return a.when < b.when; });
+  if (!faults.empty()) {
+    std::string out = faults[0].what;
+    std::vector<int> others;
+    for (size_t i = 1; i < faults.size(); ++i) others.push_back(faults[i].rank);
+    if (!others.empty()) out += detail::concat("; rank(s) ", list(others), " failed as well");
+    if (!followers.empty()) {
+      out += detail::concat("; rank(s) ", list(followers), " stopped because of it");
+    }
+    return out;
+  }
+  if (followers.empty()) return "";
+  // Only ranks that stopped because of a peer: name the peer they name.
+  std::map<int, int> votes;
+  std::map<int, std::string> said;
+  for (int r : followers) {
+    if (auto note = read_note(dir, workers[r].pid)) {
+      ++votes[note->culprit];
+      said.emplace(note->culprit, note->message);
+    }
+  }
+  int culprit = -1;
+  int most = 0;
+  for (auto [c, n] : votes) {
+    if (c >= 0 && n > most) culprit = c, most = n;
+  }
+  if (culprit >= 0) {
+    return detail::concat("rank ", culprit, " failed, as rank(s) ", list(followers),
+                          " report: ", said[culprit]);
+  }
+  return detail::concat("rank(s) ", list(followers), " stopped because a peer failed",
+                        said.empty() ? "" : ": " + said.begin()->second);
 }
 
 }  // namespace
 
 bool running_as_rank() {
   return comm::detect_launch_env().has_value();
+}
+
+int report_failure(const std::exception& e, bool expected) {
+  const auto* failure = dynamic_cast<const comm::GroupFailure*>(&e);
+  const int code = failure != nullptr && failure->peer_failed() ? kExitPeerFailed : kExitFailed;
+  int rank = failure != nullptr ? failure->rank() : -1;
+  if (rank < 0) {
+    try {
+      if (auto env = comm::detect_launch_env()) rank = env->rank;
+    } catch (const std::exception&) {
+    }
+  }
+  const std::string who = rank >= 0 ? detail::concat("rank ", rank, ": ") : "";
+  std::fprintf(stderr, "dtrain: %s%s: %s\n", who.c_str(), expected ? "error" : "unexpected error",
+               e.what());
+  std::fflush(stderr);
+  if (const char* dir = std::getenv("DTRAIN_STATUS_DIR"); dir != nullptr && *dir != '\0') {
+    std::ofstream note(note_path(dir, ::getpid()));
+    note << code << "\n"
+         << (failure != nullptr ? failure->culprit() : -1) << "\n"
+         << e.what() << "\n";
+  }
+  return code;
 }
 
 int launch_local(const LaunchOptions& options, int argc, char** argv) {
@@ -46,15 +180,19 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
     throw IoError("cannot create a rendezvous directory under " +
                   std::filesystem::temp_directory_path().string() + ": " + std::strerror(errno));
   }
+  // The rendezvous, and the notes failed ranks leave (report_failure).
   const std::string dir = tmpl;
-  const std::string run_id = detail::concat("local-", ::getpid(), "-", std::random_device{}());
+  std::random_device random;
+  const std::string run_id = detail::concat("local-", ::getpid(), "-", random());
+  char nonce[17];
+  std::snprintf(nonce, sizeof(nonce), "%08x%08x", random(), random());
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
 
-  std::vector<pid_t> pids;
+  std::vector<Worker> workers;
   for (int r = 0; r < options.workers; ++r) {
     pid_t pid = ::fork();
     if (pid < 0) throw IoError(std::string("fork failed: ") + std::strerror(errno));
@@ -64,55 +202,109 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
       ::setenv("DTRAIN_WORLD_SIZE", std::to_string(options.workers).c_str(), 1);
       ::setenv("DTRAIN_RENDEZVOUS", ("file://" + dir).c_str(), 1);
       ::setenv("DTRAIN_RUN_ID", run_id.c_str(), 1);
+      ::setenv("DTRAIN_JOB_NONCE", nonce, 1);
+      ::setenv("DTRAIN_STATUS_DIR", dir.c_str(), 1);
       ::setenv("DTRAIN_HOST", options.host.c_str(), 1);
       ::execv("/proc/self/exe", argv);
       std::fprintf(stderr, "dtrain: cannot re-execute itself: %s\n", std::strerror(errno));
       ::_exit(127);
     }
-    pids.push_back(pid);
+    Worker w;
+    w.pid = pid;
+    workers.push_back(w);
   }
 
-  int result = 0;
-  size_t alive = pids.size();
-  std::string first_failure;
-  auto stop_all = [&](int sig) {
-    for (pid_t p : pids) {
-      if (p > 0) ::kill(p, sig);
-    }
+  const auto grace = std::chrono::seconds(options.grace_seconds);
+  size_t alive = workers.size();
+  bool failed = false;
+  bool terminating = false;
+  int interrupted = 0;
+  SteadyClock::time_point term_at, kill_at;
+  auto signal = [](Worker& w, int sig) {
+    if (!w.running) return;
+    ::kill(w.pid, sig);
+    w.signalled = true;
   };
-  std::chrono::steady_clock::time_point kill_at{};
   while (alive > 0) {
     int status = 0;
-    pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    pid_t pid = ::waitpid(-1, &status, WNOHANG | WUNTRACED | WCONTINUED);
+    if (pid < 0 && errno == ECHILD) break;
+    const auto now = SteadyClock::now();
     if (pid > 0) {
-      auto it = std::find(pids.begin(), pids.end(), pid);
-      if (it == pids.end()) continue;
-      int rank = static_cast<int>(it - pids.begin());
-      *it = -1;
+      auto it = std::find_if(workers.begin(), workers.end(),
+                             [&](const Worker& w) { return w.pid == pid && w.running; });
+      if (it == workers.end()) continue;
+      const int rank = static_cast<int>(it - workers.begin());
+      Worker& w = *it;
+      if (WIFSTOPPED(status)) {
+        w.stopped = true;
+        w.stop_signal = WSTOPSIG(status);
+        w.stopped_at = now;
+        spdlog::warn("rank {} was stopped by signal {}", rank, signal_text(w.stop_signal));
+        continue;
+      }
+      if (WIFCONTINUED(status)) {
+        w.stopped = false;
+        continue;
+      }
+      w.running = false;
+      w.status = status;
+      w.ended_at = now;
       --alive;
-      bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-      if (!ok && result == 0) {
-        result = 1;
-        first_failure = detail::concat("rank ", rank, " ", describe_status(status));
-        spdlog::error("{}; stopping the other ranks", first_failure);
-        stop_all(SIGTERM);
-        kill_at = std::chrono::steady_clock::now() + std::chrono::seconds(options.grace_seconds);
+      const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      if (!ok && !failed && !w.signalled) {
+        failed = true;
+        term_at = now + grace;
+        std::string what =
+            WIFSIGNALED(status)
+                ? detail::concat("was killed by signal ", signal_text(WTERMSIG(status)))
+            : WEXITSTATUS(status) == kExitPeerFailed ? std::string("stopped because a peer failed")
+                                                     : std::string("failed");
+        spdlog::error("rank {} {}; the other ranks have {} s to end", rank, what,
+                      options.grace_seconds);
       }
       continue;
     }
-    if (g_interrupted && result == 0) {
-      result = 1;
-      first_failure = detail::concat("interrupted by signal ", int(g_interrupted));
-      spdlog::error("{}; stopping all ranks", first_failure);
-      stop_all(SIGTERM);
-      kill_at = std::chrono::steady_clock::now() + std::chrono::seconds(options.grace_seconds);
+    if (g_interrupted && !interrupted) {
+      interrupted = g_interrupted;
+      failed = true;
+      spdlog::error("interrupted by signal {}; stopping all ranks", interrupted);
+      for (auto& w : workers) signal(w, w.stopped ? SIGKILL : SIGTERM);
+      terminating = true;
+      kill_at = now + grace;
     }
-    if (result != 0 && std::chrono::steady_clock::now() > kill_at) stop_all(SIGKILL);
+    if (failed) {
+      // A stopped rank cannot end by itself: once the job has failed and only stopped ranks are
+      // left, end them.
+      bool only_stopped = true;
+      for (const auto& w : workers) only_stopped &= !w.running || w.stopped;
+      if (only_stopped) {
+        for (auto& w : workers) {
+          if (w.running && !w.signalled) signal(w, SIGKILL);
+        }
+      }
+      if (!terminating && now >= term_at) {
+        for (auto& w : workers) signal(w, w.stopped ? SIGKILL : SIGTERM);
+        terminating = true;
+        kill_at = now + grace;
+      }
+      if (terminating && now >= kill_at) {
+        for (auto& w : workers) signal(w, SIGKILL);
+        kill_at = now + grace;
+      }
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  int result = failed ? 1 : 0;
+  if (failed) {
+    std::string who = blame(workers, dir);
+    if (interrupted) {
+      who = detail::concat("interrupted by signal ", interrupted, who.empty() ? "" : "; " + who);
+    }
+    spdlog::error("job failed: {}", who.empty() ? "a rank failed" : who);
   }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
-  if (result != 0) spdlog::error("job failed: {}", first_failure);
   return result;
 }
 

@@ -4,15 +4,17 @@
 #include <cstdio>
 
 #include "commands.h"
+#include "dtrain/comm/rendezvous.h"
 #include "dtrain/common/error.h"
 #include "dtrain/common/logging.h"
+#include "launcher.h"
 #include "report.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"dtrain: communication-efficient distributed training"};
   int exit_code = 0;
   app.require_subcommand(1);
-  app.set_version_flag("--version", "dtrain 0.1.0");
+  app.set_version_flag("--version", std::string("dtrain ") + dtrain::comm::kVersion);
 #ifdef DTRAIN_WITH_TORCH
   dtrain::app::add_train(app, argc, argv, exit_code);
 #endif
@@ -29,11 +31,11 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const dtrain::Error& e) {
-    std::fprintf(stderr, "dtrain: error: %s\n", e.what());
-    return 1;
+    // A rank's failure: kExitFailed for its own error, kExitPeerFailed when another rank failed
+    // (the launcher tells them apart to name the rank that failed).
+    return dtrain::app::report_failure(e, true);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "dtrain: unexpected error: %s\n", e.what());
-    return 1;
+    return dtrain::app::report_failure(e, false);
   }
   return exit_code;
 }

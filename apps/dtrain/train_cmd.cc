@@ -90,7 +90,10 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
     }
     auto group = comm::Group::connect(f->group.resolve());
     log::init(group->rank(), group->size());
-    auto result = train::train(f->train, *group);
+    train::TrainResult result;
+    // Whatever ends this rank's training (its own error, or a reducer's on the engine's thread)
+    // is announced to the others, who then fail at once naming this rank and the cause.
+    comm::run_rank(*group, [&] { result = train::train(f->train, *group); });
     if (group->rank() == 0 && !f->train.quiet) {
       std::printf(
           "done: %lld steps in %.1f s, %.0f samples/s, test accuracy %.2f%%, %.1f MB sent "

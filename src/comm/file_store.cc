@@ -38,8 +38,14 @@ class FileStore : public Store {
 
   std::vector<char> get(const std::string& key) override {
     wait({key});
+    auto value = try_get(key);
+    if (!value) throw IoError(detail::concat("rendezvous: cannot read ", path(key)));
+    return *value;
+  }
+
+  std::optional<std::vector<char>> try_get(const std::string& key) override {
     std::ifstream in(path(key), std::ios::binary);
-    if (!in) throw IoError(detail::concat("rendezvous: cannot read ", path(key)));
+    if (!in) return std::nullopt;
     return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
 

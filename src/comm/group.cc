@@ -1,7 +1,6 @@
 #include "dtrain/comm/group.h"
 
 #include <gloo/rendezvous/context.h>
-#include <gloo/transport/ibverbs/device.h>
 #include <gloo/transport/tcp/device.h>
 #include <gloo/transport/unbound_buffer.h>
 #include <signal.h>
@@ -13,6 +12,7 @@
 #include "dtrain/common/error.h"
 #include "dtrain/common/logging.h"
 #include "group_internal.h"
+#include "session.h"
 
 namespace dtrain::comm {
 
@@ -22,25 +22,39 @@ using internal::rank_list;
 
 namespace {
 
-// Records the keys a rank writes during rendezvous so it can remove them once everyone has read.
-class RecordingStore : public Store {
+// The store Gloo exchanges addresses through: records the keys this rank writes so it can remove
+// them once everyone has read them, and lets every wait run to the rendezvous deadline (Gloo would
+// give it the context timeout, which is cut short for its connects; see rendezvous()).
+class MeshStore : public Store {
  public:
-  explicit RecordingStore(Store& base) : base_(base) {}
+  MeshStore(Store& base, Clock::time_point deadline) : base_(base), deadline_(deadline) {}
   void set(const std::string& key, const std::vector<char>& data) override {
     base_.set(key, data);
     keys.push_back(key);
   }
-  std::vector<char> get(const std::string& key) override { return base_.get(key); }
+  std::vector<char> get(const std::string& key) override {
+    wait({key}, Millis(0));
+    return base_.get(key);
+  }
+  std::optional<std::vector<char>> try_get(const std::string& key) override {
+    return base_.try_get(key);
+  }
   bool check(const std::vector<std::string>& k) override { return base_.check(k); }
   void remove(const std::vector<std::string>& k) override { base_.remove(k); }
-  void wait(const std::vector<std::string>& k, const std::chrono::milliseconds& t) override {
-    base_.wait(k, t);
+  void wait(const std::vector<std::string>& k, const std::chrono::milliseconds&) override {
+    auto left = std::chrono::duration_cast<Millis>(deadline_ - Clock::now());
+    base_.wait(k, std::max(left, Millis(0)));
   }
   std::vector<std::string> keys;
 
  private:
   Store& base_;
+  Clock::time_point deadline_;
 };
+
+// Gloo (Debian's 2022 snapshot) lets a connecting pair wait this many times the context timeout
+// for its peer; the context timeout during connect is the time left divided by it.
+constexpr int kGlooConnectFactor = 5;
 
 }  // namespace
 
@@ -116,8 +130,6 @@ std::shared_ptr<Group> Group::connect(const GroupOptions& options) {
              source, ")");
   DT_ENFORCE(options.timeout.count() > 0, "--timeout must be positive, got ",
              options.timeout.count(), " ms");
-  DT_ENFORCE(options.transport == "tcp" || options.transport == "ibverbs", "--transport '",
-             options.transport, "' is not one of tcp, ibverbs");
   if (size > 1) {
     DT_ENFORCE(!options.rendezvous.empty(), "--rendezvous is required with world size ", size,
                " (file:///shared/dir or redis://host:port)");
@@ -126,6 +138,8 @@ std::shared_ptr<Group> Group::connect(const GroupOptions& options) {
   group->rank_ = rank;
   group->size_ = size;
   if (group->options_.run_id.empty()) group->options_.run_id = detect_run_id();
+  if (group->options_.job.empty()) group->options_.job = detect_job_nonce();
+  if (group->options_.build.empty()) group->options_.build = build_info().text;
   group->rendezvous();
   return group;
 }
@@ -136,71 +150,67 @@ Group::~Group() {
 
 void Group::rendezvous() {
   if (size_ == 1) return;
+  // Everything below, Gloo's connections included, ends by this deadline.
+  const auto deadline = Clock::now() + options_.timeout;
   auto url = RendezvousUrl::parse(options_.rendezvous);
   if (!store_) store_ = open_store(url);
-  std::string prefix = detail::concat(options_.run_id, "/g", generation_);
-  PrefixedStore prefixed(prefix, *store_);
-  RecordingStore store(prefixed);
   std::string where = detail::concat("rendezvous at ", url.str(), " (run '", options_.run_id,
                                      "', generation ", generation_, ")");
-
   char host[256] = {0};
   ::gethostname(host, sizeof(host) - 1);
-  std::string me = detail::concat(host, " pid ", ::getpid());
-  store.set(detail::concat("join/", rank_), std::vector<char>(me.begin(), me.end()));
 
-  // Wait for every rank to announce itself, so a rank that never comes is named.
-  auto deadline = Clock::now() + options_.timeout;
-  std::vector<int> missing;
-  for (int r = 0; r < size_; ++r) missing.push_back(r);
-  auto pause = Millis(1);
-  while (true) {
-    std::erase_if(missing, [&](int r) { return store.check({detail::concat("join/", r)}); });
-    if (missing.empty()) break;
-    if (Clock::now() >= deadline) {
-      throw TimeoutError(detail::concat(where, ": rank(s) ", rank_list(missing),
-                                        " did not join within ", options_.timeout.count(),
-                                        " ms (world size ", size_, ")"));
-    }
-    std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, Millis(50));
-  }
+  internal::MeetOptions meet;
+  meet.where = where;
+  meet.space = detail::concat(options_.run_id, "/g", generation_);
+  meet.rank = rank_;
+  meet.size = size_;
+  meet.build = options_.build;
+  meet.job = options_.job;
+  meet.host = host;
+  meet.timeout = options_.timeout;
+  meet.deadline = deadline;
+  const internal::Meeting meeting = internal::meet(*store_, meet);
 
   try {
     if (!device_) {
-      if (options_.transport == "ibverbs") {
-        gloo::transport::ibverbs::attr attr;
-        attr.name = options_.ib_device;
-        attr.port = 1;
-        attr.index = 0;
-        device_ = gloo::transport::ibverbs::CreateDevice(attr);
+      gloo::transport::tcp::attr attr;
+      if (!options_.host.empty()) {
+        attr.hostname = options_.host;
+      } else if (!options_.iface.empty()) {
+        attr.iface = options_.iface;
       } else {
-        gloo::transport::tcp::attr attr;
-        if (!options_.host.empty()) {
-          attr.hostname = options_.host;
-        } else if (!options_.iface.empty()) {
-          attr.iface = options_.iface;
-        } else {
-          attr.hostname = host;
-        }
-        device_ = gloo::transport::tcp::CreateDevice(attr);
+        attr.hostname = host;
       }
+      device_ = gloo::transport::tcp::CreateDevice(attr);
     }
   } catch (const std::exception& e) {
-    throw IoError(detail::concat("cannot create the ", options_.transport, " device (host '",
-                                 options_.host, "', iface '", options_.iface, "'): ", e.what()));
+    throw IoError(detail::concat("cannot create the TCP device (host '", options_.host,
+                                 "', iface '", options_.iface, "'): ", e.what()));
   }
 
+  // Only the ranks rank 0 admitted a moment ago take part, so every address is a live one.
+  PrefixedStore prefixed(meeting.prefix + "/mesh", *store_);
+  MeshStore store(prefixed, deadline);
   auto ctx = std::make_shared<gloo::rendezvous::Context>(rank_, size_);
-  ctx->setTimeout(options_.timeout + internal::kGlooSlack);
+  const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+  ctx->setTimeout(std::max(left / kGlooConnectFactor, Millis(1)));
+  const std::string failed = detail::concat(where, ": rank ", rank_,
+                                            " could not connect to its peers within the --timeout "
+                                            "of ",
+                                            options_.timeout.count(), " ms: ");
+  const std::string why =
+      " (all ranks had joined a moment before: one of them stopped, or cannot be reached at the "
+      "address it advertised; see --host/--iface)";
   try {
+    if (left.count() <= 0) throw TimeoutError("no time was left after the ranks met");
     ctx->connectFullMesh(store, device_);
-  } catch (const Error&) {
-    throw;
+  } catch (const TimeoutError& e) {
+    throw GroupError<TimeoutError>(failed + e.what() + why, rank_, -1, false);
   } catch (const std::exception& e) {
-    throw IoError(
-        detail::concat(where, ": connecting rank ", rank_, " to its peers failed: ", e.what()));
+    throw GroupError<IoError>(failed + e.what() + why, rank_, -1, false);
   }
+  // From here on our own deadlines rule; Gloo's sits further out (see kGlooSlack).
+  ctx->setTimeout(options_.timeout + internal::kGlooSlack);
   context_ = ctx;
 
   control_in_.assign(kControlSize, std::byte{0});
@@ -214,11 +224,14 @@ void Group::rendezvous() {
   monitor_ = std::thread([this] { monitor_loop(); });
   control_ = std::thread([this] { control_loop(); });
 
-  // Everyone has read every address once all have connected; then each rank removes its keys,
-  // so a re-used directory or Redis database holds nothing stale.
-  tag0_barrier(options_.timeout);
+  // Everyone has read every address once all have connected; then each rank removes its join
+  // record and addresses. (Connected ranks answer at once: the floor only spares a rendezvous
+  // that used up its time connecting from failing in its last step.)
+  const auto rest = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+  tag0_barrier(std::max(rest, std::min(options_.timeout, Millis(2000))));
   store.remove(store.keys);
-  spdlog::debug("{}: connected {} ranks over {}", where, size_, options_.transport);
+  store_->remove({internal::join_key(meeting, rank_)});
+  spdlog::debug("{}: connected {} ranks", where, size_);
 }
 
 void Group::tag0_barrier(Millis limit) {

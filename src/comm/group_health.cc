@@ -15,6 +15,12 @@
 // a failure notice with the diagnosis to every peer; their control threads poison their groups and
 // abort their waits, so the whole job fails with one consistent message within a probe or two of
 // the first failure, instead of each rank waiting out its own deadline.
+//
+// A rank whose own work fails (a file it cannot write, a reducer's ProtocolError on the engine's
+// thread) has nobody to diagnose: it announces itself, "rank r failed: <cause>", as the culprit of
+// the same notice (announce_failure; run_rank does it for whatever ends a rank's work), so the
+// others fail at once naming it and nothing speaks of a timeout. Errors carry the culprit
+// (GroupFailure), so a program can tell "I failed" from "a peer failed".
 #include <algorithm>
 #include <cstring>
 #include <optional>
@@ -34,14 +40,17 @@ std::string rank_list(std::span<const int> ranks) {
   return out;
 }
 
-std::exception_ptr make_error(Group::FailKind kind, const std::string& message) {
+std::exception_ptr make_error(Group::FailKind kind, const std::string& message, int rank,
+                              int culprit, bool remote) {
   switch (kind) {
     case Group::FailKind::kTimeout:
-      return std::make_exception_ptr(TimeoutError(message));
+      return std::make_exception_ptr(GroupError<TimeoutError>(message, rank, culprit, remote));
     case Group::FailKind::kProtocol:
-      return std::make_exception_ptr(ProtocolError(message));
+      return std::make_exception_ptr(GroupError<ProtocolError>(message, rank, culprit, remote));
+    case Group::FailKind::kInvalid:
+      return std::make_exception_ptr(GroupError<InvalidArgument>(message, rank, culprit, remote));
     default:
-      return std::make_exception_ptr(IoError(message));
+      return std::make_exception_ptr(GroupError<IoError>(message, rank, culprit, remote));
   }
 }
 
@@ -71,7 +80,7 @@ void Group::check_usable() const {
 }
 
 void Group::fail(FailKind kind, int culprit, const std::string& message) {
-  auto error = internal::make_error(kind, message);
+  auto error = internal::make_error(kind, message, rank_, culprit, false);
   bool first = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -121,12 +130,51 @@ void Group::notify_peers(FailKind kind, int culprit, const std::string& message)
   }
 }
 
-void Group::on_remote_notice(int from, FailKind kind, const std::string& message) {
+void Group::announce_failure(const std::string& cause, FailKind kind) {
+  const std::string message = detail::concat("rank ", rank_, " failed: ", cause);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (failure_) return;
-    failure_ = internal::make_error(
-        kind, detail::concat(message, " (reported by rank ", from, " to rank ", rank_, ")"));
+    failure_ = internal::make_error(kind, message, rank_, rank_, false);
+    for (Waiter* w : waiters_) {
+      w->reason = Waiter::Reason::kFailure;
+      w->abort();
+    }
+  }
+  failure_cv_.notify_all();
+  notify_peers(kind, rank_, message);
+}
+
+void run_rank(Group& group, const std::function<void()>& work) {
+  try {
+    work();
+  } catch (const ProtocolError& e) {
+    group.announce_failure(e.what(), Group::FailKind::kProtocol);
+    throw;
+  } catch (const TimeoutError& e) {
+    group.announce_failure(e.what(), Group::FailKind::kTimeout);
+    throw;
+  } catch (const InvalidArgument& e) {
+    group.announce_failure(e.what(), Group::FailKind::kInvalid);
+    throw;
+  } catch (const std::exception& e) {
+    group.announce_failure(e.what(), Group::FailKind::kIo);
+    throw;
+  } catch (...) {
+    group.announce_failure("an exception that is not a std::exception", Group::FailKind::kIo);
+    throw;
+  }
+}
+
+void Group::on_remote_notice(int from, FailKind kind, int culprit, const std::string& message) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (failure_) return;
+    // A rank that announces its own failure names itself; a diagnosis says who found it.
+    std::string text = culprit == from ? message
+                                       : detail::concat(message, " (reported by rank ", from,
+                                                        " to rank ", rank_, ")");
+    failure_ = internal::make_error(kind, text, rank_, culprit, true);
     for (Waiter* w : waiters_) {
       w->reason = Waiter::Reason::kFailure;
       w->abort();
@@ -183,10 +231,12 @@ void Group::control_loop() {
       if (msg.type != ControlMsg::kFailure) continue;
       msg.message[sizeof(msg.message) - 1] = '\0';
       auto kind = static_cast<FailKind>(msg.kind);
-      if (kind != FailKind::kIo && kind != FailKind::kTimeout && kind != FailKind::kProtocol) {
+      if (kind != FailKind::kIo && kind != FailKind::kTimeout && kind != FailKind::kProtocol &&
+          kind != FailKind::kInvalid) {
         kind = FailKind::kProtocol;
       }
-      on_remote_notice(src, kind, msg.message);
+      const int culprit = msg.culprit >= 0 && msg.culprit < size_ ? msg.culprit : -1;
+      on_remote_notice(src, kind, culprit, msg.message);
     }
   } catch (const std::exception&) {
     // The control channel broke (a peer went away); data waits still fail on their own.

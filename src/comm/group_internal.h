@@ -48,7 +48,9 @@ struct ControlMsg {
 static_assert(sizeof(ControlMsg) == kControlSize);
 
 std::string rank_list(std::span<const int> ranks);
-std::exception_ptr make_error(Group::FailKind kind, const std::string& message);
+// The error a failure of `kind` raises on `rank`, carrying the culprit (GroupFailure).
+std::exception_ptr make_error(Group::FailKind kind, const std::string& message, int rank,
+                              int culprit, bool remote);
 
 }  // namespace dtrain::comm::internal
 

@@ -43,6 +43,12 @@ class RedisStore : public Store {
     return std::vector<char>(r->str, r->str + r->len);
   }
 
+  std::optional<std::vector<char>> try_get(const std::string& key) override {
+    Reply r = command("GET %b", key.data(), key.size());
+    if (r->type != REDIS_REPLY_STRING) return std::nullopt;
+    return std::vector<char>(r->str, r->str + r->len);
+  }
+
   bool check(const std::vector<std::string>& keys) override {
     for (const auto& k : keys) {
       Reply r = command("EXISTS %b", k.data(), k.size());

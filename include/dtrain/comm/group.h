@@ -9,8 +9,10 @@
 // tear the context down before we could tell the others why). A rank that fails, from a timeout,
 // a broken connection or a protocol mismatch, sends a short notice naming the culprit rank to every
 // peer on a reserved control slot, so that ranks not talking to the culprit fail at once with the
-// same diagnosis instead of waiting out their own deadline. After a failure the Group refuses
-// further use until reconnect() re-rendezvouses under a new generation.
+// same diagnosis instead of waiting out their own deadline. A rank whose own work fails (a full
+// disk, a reducer's error) announces "rank r failed: <cause>" the same way (announce_failure, or
+// run_rank around the rank's work). After a failure the Group refuses further use until
+// reconnect() re-rendezvouses under a new generation.
 #pragma once
 
 #include <atomic>
@@ -19,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -28,6 +31,7 @@
 #include <vector>
 
 #include "dtrain/comm/rendezvous.h"
+#include "dtrain/common/error.h"
 
 namespace gloo {
 class Context;
@@ -42,16 +46,47 @@ namespace dtrain::comm {
 using Clock = std::chrono::steady_clock;
 using Millis = std::chrono::milliseconds;
 
+// Ranks connect over TCP. (Gloo's ibverbs transport refuses the unbound buffers every Group
+// operation uses, so it is not offered.)
 struct GroupOptions {
-  std::string rendezvous;         // file:///dir or redis://host:port; may be empty when size is 1
-  std::optional<int> rank;        // overrides the launcher environment
-  std::optional<int> size;        // overrides the launcher environment
-  std::string run_id;             // empty: detect_run_id()
-  std::string host;               // TCP: address to bind and advertise (e.g. 127.0.0.1)
-  std::string iface;              // TCP: interface to bind (e.g. eth0); used when host is empty
-  std::string transport = "tcp";  // "tcp" or "ibverbs"
-  std::string ib_device;          // ibverbs device name; empty: the first one
-  Millis timeout{60000};          // default deadline of every wait
+  std::string rendezvous;   // file:///dir or redis://host:port; may be empty when size is 1
+  std::optional<int> rank;  // overrides the launcher environment
+  std::optional<int> size;  // overrides the launcher environment
+  std::string run_id;       // empty: detect_run_id()
+  std::string job;          // per-job nonce from the launcher; empty: detect_job_nonce()
+  std::string host;         // address to bind and advertise (e.g. 127.0.0.1)
+  std::string iface;        // interface to bind (e.g. eth0); used when host is empty
+  Millis timeout{60000};    // default deadline of every wait, and of the whole rendezvous
+  // The build this process claims at rendezvous; empty: this build (build_info()). Tests set
+  // another to act as a different build.
+  std::string build;
+};
+
+// Carried by the errors of a Group that failed, and of a rendezvous that did not complete, besides
+// their kind (IoError, TimeoutError, ProtocolError, InvalidArgument): who is to blame. A program
+// tells "this rank failed" from "a peer failed" with dynamic_cast (the CLI's exit codes do).
+class GroupFailure {
+ public:
+  GroupFailure(int rank, int culprit, bool remote)
+      : rank_(rank), culprit_(culprit), remote_(remote) {}
+  virtual ~GroupFailure() = default;
+  int rank() const { return rank_; }        // the rank that raised the error
+  int culprit() const { return culprit_; }  // the rank blamed, or -1 when no single rank is
+  bool remote() const { return remote_; }   // learnt from another rank's notice
+  // Another rank is to blame (a peer died, stalled, failed on its own or refused this one).
+  bool peer_failed() const { return culprit_ >= 0 ? culprit_ != rank_ : remote_; }
+
+ private:
+  int rank_;
+  int culprit_;
+  bool remote_;
+};
+
+template <typename Kind>
+class GroupError : public Kind, public GroupFailure {
+ public:
+  GroupError(const std::string& message, int rank, int culprit, bool remote)
+      : Kind(message), GroupFailure(rank, culprit, remote) {}
 };
 
 struct AnyOf {
@@ -102,9 +137,14 @@ class Buffer {
 
 class Group : public std::enable_shared_from_this<Group> {
  public:
-  // Rendezvous and connect every pair. Throws InvalidArgument (bad options), IoError (store or
-  // transport unreachable), TimeoutError naming ranks that never joined.
+  // Rendezvous and connect every pair, all within options.timeout. Throws InvalidArgument (bad
+  // options; a rank of another job, build or world size met at the rendezvous), IoError (store or
+  // transport unreachable), TimeoutError naming ranks that never joined and what the rendezvous
+  // held instead. What an earlier job left in the store is recognised and never mistaken for a
+  // peer (see rendezvous.h).
   static std::shared_ptr<Group> connect(const GroupOptions& options);
+  // Closes only once every rank has finished its receives (a healthy group), so a group whose
+  // rank failed without announcing it (no run_rank) still makes its peers wait for their deadline.
   ~Group();
   Group(const Group&) = delete;
   Group& operator=(const Group&) = delete;
@@ -144,8 +184,16 @@ class Group : public std::enable_shared_from_this<Group> {
   std::byte* scratch(size_t nbytes, int which = 0);
 
   // Fail on purpose: poison the group, notify peers, throw. `culprit` is a rank or -1.
-  enum class FailKind : int32_t { kIo = 1, kTimeout = 2, kProtocol = 3 };
+  // The kind of error the failure raises: IoError, TimeoutError, ProtocolError, InvalidArgument.
+  enum class FailKind : int32_t { kIo = 1, kTimeout = 2, kProtocol = 3, kInvalid = 4 };
   [[noreturn]] void fail(FailKind kind, int culprit, const std::string& message);
+
+  // This rank cannot go on because of an error of its own (a file it cannot write, a reducer's
+  // ProtocolError): poisons the group and tells every peer "rank r failed: <cause>" (as an error
+  // of `kind`), returning once the notices are on their way, so that every peer fails at once
+  // naming this rank and the cause instead of waiting out a deadline. Does nothing if the group
+  // has already failed (that failure was announced when it happened).
+  void announce_failure(const std::string& cause, FailKind kind = FailKind::kIo);
 
   // True once an operation failed; every further operation throws until reconnect().
   bool poisoned() const;
@@ -171,7 +219,7 @@ class Group : public std::enable_shared_from_this<Group> {
   void monitor_loop();
   void control_loop();
   void notify_peers(FailKind kind, int culprit, const std::string& message);
-  void on_remote_notice(int from, FailKind kind, const std::string& message);
+  void on_remote_notice(int from, FailKind kind, int culprit, const std::string& message);
   void answer_probe(int from, uint64_t nonce);
   // The ranks `peer` is blocked on, or nothing if it does not answer within `window`.
   std::optional<std::vector<int>> probe(int peer, Millis window);
@@ -210,5 +258,13 @@ class Group : public std::enable_shared_from_this<Group> {
   std::vector<std::vector<std::byte>> notice_out_;
   std::vector<std::unique_ptr<Buffer>> notice_bufs_;
 };
+
+// Runs one rank's share of a job on `group`. An exception that ends it is first announced to every
+// peer with its message as the cause (announce_failure; a ProtocolError, TimeoutError or
+// InvalidArgument keeps its kind, anything else reaches the peers as an IoError), then rethrown.
+// The top of every command that runs a rank's work goes through here. When every rank fails alike
+// (a flag check that all of them make), a slower rank may get the first one's announcement instead
+// of its own error: same kind, same cause, "rank r failed: " in front.
+void run_rank(Group& group, const std::function<void()>& work);
 
 }  // namespace dtrain::comm
