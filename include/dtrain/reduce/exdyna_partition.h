@@ -5,10 +5,11 @@
 // index order, so a partition is one contiguous range of the bucket. Real gradients cluster by
 // layer (a bucket holds several layers whose gradient scales differ by orders of magnitude), so a
 // contiguous partition that holds the busy layer sends several times more than the others, and
-// one block moving per step cannot catch up (see docs/results/2026-12-02/exdyna_balance.md).
-// BlockOrder::kInterleaved (the default) deals every n consecutive blocks out to the n
-// partitions, one each, in an order drawn per group from a seed shared by all ranks, so every
-// partition holds an even share of every layer; the spec's boundary moves then act on that order.
+// one block moving per step cannot catch up. BlockOrder::kInterleaved (the default) deals every
+// n consecutive blocks out to the n partitions, one each, in an order drawn per group from a seed
+// shared by all ranks, so every partition holds an even share of every layer; the spec's
+// boundary moves then act on that order. (On real training most of the imbalance that remains
+// follows the workers, not the regions: see docs/results/2026-12-02/exdyna.md.)
 // Either way partitions are exclusive and covering by construction: each block sits at exactly one
 // position of the order.
 #pragma once
