@@ -749,7 +749,7 @@ TEST(PowerSgd, WrongLayoutsAndStatesAreRefusedByName) {
     EXPECT_INVALID(fresh.load_state(std::span(state).first(state.size() - 3)), "truncated");
     auto longer = state;
     longer.push_back(std::byte{0});
-    EXPECT_INVALID(fresh.load_state(longer), "1 bytes left over");
+    EXPECT_INVALID(fresh.load_state(longer), "1 trailing bytes");
     const std::vector<std::byte> junk(64, std::byte{0x5a});
     EXPECT_INVALID(fresh.load_state(junk), "not a powersgd state");
 

@@ -18,6 +18,7 @@
 
 #include "dtrain/collective/allgather.h"
 #include "dtrain/collective/allreduce.h"
+#include "dtrain/common/bytes.h"
 #include "dtrain/common/error.h"
 #include "dtrain/compress/qcs.h"
 #include "dtrain/sparse/omnireduce.h"
@@ -195,29 +196,21 @@ void CompressedReducer::omnireduce_selection(const compress::Payload& payload,
 
 std::vector<std::byte> CompressedReducer::save_state() const {
   if (!feedback_) return {};
-  const std::string tag = name();
-  const auto length = static_cast<uint64_t>(tag.size());
-  std::vector<std::byte> out(sizeof(length) + tag.size());
-  std::memcpy(out.data(), &length, sizeof(length));
-  std::memcpy(out.data() + sizeof(length), tag.data(), tag.size());
+  // The reducer's name (u64 length, characters), then the error-feedback state.
   const auto residuals = feedback_->save_state();
-  out.insert(out.end(), residuals.begin(), residuals.end());
-  return out;
+  return ByteWriter().put_string(name()).raw(residuals.data(), residuals.size()).take();
 }
 
 void CompressedReducer::load_state(std::span<const std::byte> state) {
   if (!feedback_) return GradientReducer::load_state(state);
-  uint64_t length = 0;
-  DT_ENFORCE(state.size() >= sizeof(length), "reducer '", name(), "' expects error-feedback state",
-             " but the checkpoint holds ", state.size(), " bytes (was it written with another ",
-             "--reduce?)");
-  std::memcpy(&length, state.data(), sizeof(length));
-  DT_ENFORCE(length <= state.size() - sizeof(length), "reducer '", name(),
-             "': checkpoint state is truncated (", state.size(), " bytes)");
-  const std::string tag(reinterpret_cast<const char*>(state.data() + sizeof(length)), length);
+  DT_ENFORCE(state.size() >= sizeof(uint64_t), "reducer '", name(),
+             "' expects error-feedback state but the checkpoint holds ", state.size(),
+             " bytes (was it written with another --reduce?)");
+  ByteReader r(state, "reducer '" + name() + "': checkpoint state");
+  const std::string tag = r.get_string("reducer name");
   DT_ENFORCE(tag == name(), "checkpoint holds the state of reducer '", tag, "' but this run uses '",
              name(), "'");
-  feedback_->load_state(state.subspan(sizeof(length) + length));
+  feedback_->load_state(r.rest());
 }
 
 std::vector<std::pair<std::string, double>> CompressedReducer::step_metrics() const {

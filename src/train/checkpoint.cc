@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "dtrain/common/bytes.h"
 #include "dtrain/common/error.h"
 #include "dtrain/common/file.h"
 #include "dtrain/reduce/reducer.h"
@@ -157,50 +158,28 @@ std::vector<std::byte> gather_reducer_states(comm::Group& g, const std::vector<s
     any |= !all[r].empty();
   }
   if (!any) return {};
-  std::vector<std::byte> blob;
-  auto put = [&](const void* p, size_t n) {
-    const auto* b = static_cast<const std::byte*>(p);
-    blob.insert(blob.end(), b, b + n);
-  };
-  const uint32_t head[2] = {kReducerStatesMagic, 1};
-  const uint64_t world = static_cast<uint64_t>(g.size());
-  put(head, sizeof(head));
-  put(&world, sizeof(world));
-  for (const auto& s : all) {
-    const uint64_t n = s.size();
-    put(&n, sizeof(n));
-    put(s.data(), s.size());
-  }
-  return blob;
+  ByteWriter w;
+  w.put(kReducerStatesMagic).put(uint32_t{1}).put(static_cast<uint64_t>(g.size()));
+  for (const auto& s : all) w.put_vector(s);
+  return w.take();
 }
 
 // This rank's part of a blob written by gather_reducer_states (empty blob: no state).
 std::vector<std::byte> own_reducer_state(const std::vector<std::byte>& blob, int rank, int world,
                                          const std::string& path) {
   if (blob.empty()) return {};
-  size_t at = 0;
-  auto get = [&](void* p, size_t n) {
-    DT_ENFORCE(at + n <= blob.size(), "--resume ", path, ": the reducer state is truncated");
-    std::memcpy(p, blob.data() + at, n);
-    at += n;
-  };
-  uint32_t head[2];
-  uint64_t n_ranks = 0;
-  get(head, sizeof(head));
-  DT_ENFORCE(head[0] == kReducerStatesMagic && head[1] == 1, "--resume ", path,
-             ": the reducer state is not in a format this version reads");
-  get(&n_ranks, sizeof(n_ranks));
+  ByteReader r(blob, "--resume " + path + ": the reducer state");
+  DT_ENFORCE(r.get<uint32_t>("magic") == kReducerStatesMagic && r.get<uint32_t>("version") == 1,
+             "--resume ", path, ": the reducer state is not in a format this version reads");
+  const auto n_ranks = r.get<uint64_t>("rank count");
   DT_ENFORCE(n_ranks == static_cast<uint64_t>(world), "--resume ", path,
              ": the reducer state holds ", n_ranks, " ranks, this job has ", world);
   std::vector<std::byte> mine;
-  for (int r = 0; r < world; ++r) {
-    uint64_t n = 0;
-    get(&n, sizeof(n));
-    DT_ENFORCE(n <= blob.size() - at, "--resume ", path, ": the reducer state is truncated");
-    if (r == rank) mine.assign(blob.begin() + at, blob.begin() + at + n);
-    at += n;
+  for (int rk = 0; rk < world; ++rk) {
+    auto state = r.get_vector<std::byte>("a rank's state");
+    if (rk == rank) mine = std::move(state);
   }
-  DT_ENFORCE(at == blob.size(), "--resume ", path, ": the reducer state has trailing bytes");
+  r.finish();
   return mine;
 }
 

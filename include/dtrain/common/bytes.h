@@ -83,7 +83,7 @@ class ByteReader {
   template <typename T>
   std::vector<T> get_array(uint64_t count, const char* field) {
     static_assert(std::is_trivially_copyable_v<T>);
-    DT_ENFORCE(count <= left() / sizeof(T), what_, ": ", field, " claims ", count,
+    DT_ENFORCE(count <= left() / sizeof(T), what_, " is truncated: ", field, " claims ", count,
                " elements at byte ", at_, ", only ", left(), " bytes are left of ", bytes_.size());
     std::vector<T> v(count);
     if (count > 0) std::memcpy(v.data(), bytes_.data() + at_, count * sizeof(T));
@@ -96,8 +96,8 @@ class ByteReader {
   }
   std::string get_string(const char* field) {
     const auto n = get<uint64_t>(field);
-    DT_ENFORCE(n <= left(), what_, ": ", field, " claims ", n, " characters at byte ", at_,
-               ", only ", left(), " bytes are left");
+    DT_ENFORCE(n <= left(), what_, " is truncated: ", field, " claims ", n, " characters at byte ",
+               at_, ", only ", left(), " bytes are left");
     std::string s(reinterpret_cast<const char*>(bytes_.data() + at_), n);
     at_ += n;
     return s;
@@ -114,14 +114,14 @@ class ByteReader {
   size_t left() const { return bytes_.size() - at_; }
   // Throws unless every byte was read (trailing bytes mean a format mismatch).
   void finish() const {
-    DT_ENFORCE(at_ == bytes_.size(), what_, ": ", bytes_.size() - at_, " bytes left over after ",
+    DT_ENFORCE(at_ == bytes_.size(), what_, " has ", bytes_.size() - at_, " trailing bytes after ",
                at_, " of ", bytes_.size());
   }
 
  private:
   void need(uint64_t n, const char* field) const {
-    DT_ENFORCE(n <= left(), what_, ": truncated at byte ", at_, " of ", bytes_.size(),
-               " while reading ", field);
+    DT_ENFORCE(n <= left(), what_, " is truncated at byte ", at_, " of ", bytes_.size(),
+               " (reading ", field, ")");
   }
 
   std::span<const std::byte> bytes_;
