@@ -318,7 +318,12 @@ TrainResult train(const TrainOptions& o, comm::Group& g) {
 
   MetricsLog metrics;
   if (lead && !out_dir.empty()) {
-    std::filesystem::create_directories(out_dir);
+    std::error_code ec;
+    std::filesystem::create_directories(out_dir, ec);
+    if (ec || !std::filesystem::is_directory(out_dir)) {
+      DT_THROW(IoError, "--out ", out_dir, ": cannot create the run directory: ",
+               ec ? ec.message() : "a file of that name is in the way");
+    }
     write_config(o, d, world, out_dir);
     metrics = MetricsLog(out_dir, !o.resume.empty());
   }
