@@ -3,6 +3,8 @@
 #include <stdlib.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "dtrain/common/error.h"
 
@@ -67,6 +69,23 @@ std::string what(const std::exception_ptr& e) {
   } catch (...) {
     return "(non-std exception)";
   }
+}
+
+int child_with_rank(int parent, int rank) {
+  namespace fs = std::filesystem;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string comm, state;
+    int pid = 0, ppid = 0;
+    stat >> pid >> comm >> state >> ppid;
+    if (ppid != parent) continue;
+    std::ifstream env(entry.path() / "environ");
+    const std::string all((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
+    if (all.find("DTRAIN_RANK=" + std::to_string(rank) + '\0') != std::string::npos) return pid;
+  }
+  return -1;
 }
 
 }  // namespace dtrain::test

@@ -59,4 +59,8 @@ template <typename Fn>
 
 #define EXPECT_INVALID(expr, fragment) EXPECT_TRUE(throws_invalid([&] { (void)(expr); }, fragment))
 
+// The pid of the child of `parent` (a launcher) whose environment has DTRAIN_RANK=rank, from
+// /proc; -1 if there is none (yet).
+int child_with_rank(int parent, int rank);
+
 }  // namespace dtrain::test

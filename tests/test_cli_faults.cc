@@ -74,22 +74,6 @@ int finish(pid_t pid, std::chrono::seconds give_up) {
   return status;
 }
 
-// The pid of the launcher's child that runs `rank` (-1 if none yet).
-pid_t child_with_rank(pid_t parent, int rank) {
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    std::string name = entry.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream stat(entry.path() / "stat");
-    std::string comm, state;
-    int pid = 0, ppid = 0;
-    stat >> pid >> comm >> state >> ppid;
-    if (ppid != parent) continue;
-    std::string env = slurp((entry.path() / "environ").string());
-    if (env.find("DTRAIN_RANK=" + std::to_string(rank) + '\0') != std::string::npos) return pid;
-  }
-  return -1;
-}
-
 // The launcher's last word: the line with "job failed".
 std::string job_failed_line(const std::string& log) {
   auto at = log.rfind("job failed");

@@ -365,22 +365,6 @@ TEST(BadInput, ResumeFromMissingCheckpoint) {
 // The CLI as a user runs it: a killed worker makes `dtrain train` fail, naming it, and leaves
 // the last checkpoint intact.
 
-pid_t child_with_rank(pid_t parent, int rank) {
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    std::string name = entry.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream stat(entry.path() / "stat");
-    std::string comm, state;
-    int pid = 0, ppid = 0;
-    stat >> pid >> comm >> state >> ppid;
-    if (ppid != parent) continue;
-    std::ifstream env(entry.path() / "environ");
-    std::string all((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
-    if (all.find("DTRAIN_RANK=" + std::to_string(rank) + '\0') != std::string::npos) return pid;
-  }
-  return -1;
-}
-
 TEST(Cli, KilledWorkerFailsTheJobNamingIt) {
   if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
   TempDir dir;
