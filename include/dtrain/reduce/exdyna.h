@@ -68,7 +68,7 @@ struct ExDynaOptions {
 };
 
 // Parses what follows "exdyna:": "" (defaults), "0.01" (the density), or key=value pairs
-// "density=0.01,blocks=1024,order=interleaved|contiguous,up=1.005,down=0.995,band=1.1,balance=1.05,fast=1.1,lambda0=auto|spec|X,
+// "density=0.01,blocks=4096,order=interleaved|contiguous,up=1.005,down=0.995,band=1.1,balance=1.05,fast=1.1,lambda0=auto|spec|X,
 // levels=64,spacing=1.005,momentum=0". up, down, band and fast act only with levels=1.
 // Throws InvalidArgument naming the bad parameter or value and listing the valid ones.
 ExDynaOptions parse_exdyna_options(const std::string& params);
