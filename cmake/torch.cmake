@@ -34,6 +34,14 @@ if(Torch_FOUND OR TORCH_FOUND)
     src/train/metrics.cc
     src/train/data_source.cc
     src/train/trainer.cc
+    src/train/flags.cc
+    src/train/run.cc
+    src/train/step.cc
+    src/train/evaluation.cc
+    src/train/loop.cc
+    src/train/sync_sgd.cc
+    src/train/local_sgd.cc
+    src/train/local_sgd_schedule.cc
   )
   target_link_libraries(dtrain_torch PUBLIC dtrain_core ${TORCH_LIBRARIES} ${CMAKE_DL_LIBS})
   target_compile_options(dtrain_torch PUBLIC -Wno-unused-parameter -Wno-sign-compare)
@@ -47,6 +55,11 @@ if(Torch_FOUND OR TORCH_FOUND)
     target_link_libraries(test_train PRIVATE dtrain_cli)
     target_compile_definitions(test_train PRIVATE DTRAIN_BINARY="$<TARGET_FILE:dtrain>")
     add_dependencies(test_train dtrain)
+    dtrain_test(test_local_sgd LABEL torch tests/test_local_sgd.cc)
+    target_link_libraries(test_local_sgd PRIVATE dtrain_torch)
+    dtrain_test(test_time_to_accuracy LABEL torch tests/test_time_to_accuracy.cc)
+    target_link_libraries(test_time_to_accuracy PRIVATE dtrain_torch)
+    target_include_directories(test_time_to_accuracy PRIVATE ${PROJECT_SOURCE_DIR}/src)
   endif()
 else()
   message(STATUS "dtrain: LibTorch not found; `dtrain train` is not built")

@@ -125,6 +125,41 @@ TEST(Engine, NonFiniteAbortsNamingParametersOrSkips) {
   });
 }
 
+// Local SGD's local steps: nothing is reduced, each rank keeps its own (accumulated) gradient,
+// and the next communicating step reduces again.
+TEST(Engine, StepWithoutCommunicationKeepsEachRanksGradient) {
+  spawn(2, [](comm::Group& g) {
+    GradientEngine eng(params_of({3, 5}), Schedule::parse("wfbp"),
+                       reduce::make_reducer("dense", g), engine::OnNonFinite::kSkip, nullptr);
+    const float mine = 1.0f + g.rank();
+    eng.begin_step(0, 2, /*communicate=*/false);
+    eng.on_gradient(1, std::vector<float>(5, mine));
+    eng.on_gradient(0, std::vector<float>(3, mine));
+    eng.next_micro_batch();
+    eng.on_gradient(1, std::vector<float>(5, mine));
+    eng.on_gradient(0, std::vector<float>(3, mine));
+    ASSERT_TRUE(eng.finish());
+    for (size_t p = 0; p < 2; ++p) {
+      for (float v : eng.reduced(p)) EXPECT_EQ(v, 2 * mine);
+    }
+    EXPECT_EQ(eng.reducer().bytes_sent(), 0u);
+    // A local NaN skips only this rank's step.
+    eng.begin_step(1, 1, false);
+    std::vector<float> bad(3, 1.0f);
+    if (g.rank() == 1) bad[0] = std::nanf("");
+    eng.on_gradient(0, bad);
+    eng.on_gradient(1, std::vector<float>(5, 1.0f));
+    EXPECT_EQ(eng.finish(), g.rank() == 0);
+    // Communicating again: the average of 1 and 2.
+    eng.begin_step(2);
+    eng.on_gradient(1, std::vector<float>(5, mine));
+    eng.on_gradient(0, std::vector<float>(3, mine));
+    ASSERT_TRUE(eng.finish());
+    for (float v : eng.reduced(0)) EXPECT_EQ(v, 1.5f);
+    EXPECT_GT(eng.reducer().bytes_sent(), 0u);
+  });
+}
+
 TEST(Engine, BadGradientSizeIsNamed) {
   spawn(1, [](comm::Group& g) {
     GradientEngine eng(params_of({4}), Schedule::parse("single"), reduce::make_reducer("dense", g),

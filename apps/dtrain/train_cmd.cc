@@ -61,8 +61,15 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
   cmd->add_option("--seed", t.seed, "Seed for model initialisation and data order")
       ->capture_default_str();
   cmd->add_option("--max-steps", t.max_steps, "Stop after this many steps in total");
+  cmd->add_option("--algorithm", t.algorithm,
+                  "Training scheme: sync (gradients averaged every step) or Local SGD, "
+                  "local:H=8[,warmup=STEPS][,Hmax=M,double_every=STEPS] (models averaged every "
+                  "H local steps; the first STEPS steps synchronous)")
+      ->capture_default_str();
   cmd->add_option("--reduce", t.reduce, "Gradient reducer: " + joined(reduce::reducer_names()))
       ->capture_default_str();
+  cmd->add_option("--average", t.average,
+                  "Local SGD: the reducer that averages the models (default: --reduce's spec)");
   cmd->add_option("--schedule", t.schedule,
                   "Bucketing: single, wfbp, fused[:MB] or mgwfbp (merge plan from a measured "
                   "cost model; dense only)")
@@ -77,6 +84,13 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
   cmd->add_flag("--quiet", t.quiet, "No progress output");
   cmd->add_option("--log-every", t.log_every, "Steps between metrics records")
       ->capture_default_str();
+  cmd->add_option("--eval-every", t.eval_every,
+                  "Evaluate the test set every N steps as well as at epoch ends (off the "
+                  "training clock)")
+      ->capture_default_str();
+  cmd->add_option("--target-accuracy", t.target_accuracy,
+                  "Time to accuracy: the training time at which the second of two consecutive "
+                  "evaluations reaches this test accuracy (a fraction, e.g. 0.85)");
   cmd->add_option("--threads", t.threads, "LibTorch/OpenBLAS threads per worker")
       ->capture_default_str();
   cmd->callback([f, argc, argv, &exit_code] {
@@ -103,6 +117,17 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
           result.bytes_sent / 1e6, result.comm_s,
           result.comm_s > 0 ? 100.0 * result.comm_hidden_s / result.comm_s : 0.0,
           result.comm_wait_s);
+      if (f->train.target_accuracy > 0) {
+        if (result.time_to_target_s >= 0) {
+          std::printf(
+              "time to %.2f%% test accuracy: %.2f s of training (%.1f s spent evaluating "
+              "is not counted)\n",
+              f->train.target_accuracy * 100, result.time_to_target_s, result.eval_s);
+        } else {
+          std::printf("test accuracy %.2f%% was not reached (two evaluations in a row)\n",
+                      f->train.target_accuracy * 100);
+        }
+      }
     }
   });
 }

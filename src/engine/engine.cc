@@ -1,5 +1,6 @@
 #include "dtrain/engine/engine.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -186,7 +187,7 @@ std::span<float> GradientEngine::grad_memory(size_t index) {
   return {memory_.data() + offset_of_[index], params_[index].numel};
 }
 
-void GradientEngine::begin_step(int64_t step, int micro_batches) {
+void GradientEngine::begin_step(int64_t step, int micro_batches, bool communicate) {
   DT_ENFORCE(micro_batches >= 1, "a step needs at least one micro-batch, got ", micro_batches);
   std::lock_guard<std::mutex> lock(mu_);
   DT_ENFORCE(!in_step_, "begin_step(", step, ") while step ", step_,
@@ -194,6 +195,7 @@ void GradientEngine::begin_step(int64_t step, int micro_batches) {
   step_ = step;
   micro_batches_ = micro_batches;
   micro_ = 0;
+  communicate_ = communicate;
   step_start_ = std::chrono::steady_clock::now();
   next_ = 0;
   done_count_ = 0;
@@ -270,8 +272,18 @@ void GradientEngine::on_gradient(size_t index, std::span<const float> grad) {
 bool GradientEngine::finish() {
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mu_);
-  DT_ENFORCE(in_step_ && reducing(), "finish() of step ", step_, " before its last micro-batch (",
-             micro_ + 1, " of ", micro_batches_, ")");
+  DT_ENFORCE(in_step_ && last_micro_batch(), "finish() of step ", step_,
+             " before its last micro-batch (", micro_ + 1, " of ", micro_batches_, ")");
+  if (!communicate_) {
+    // A local step: nothing was handed over; the verdict on non-finite values is this rank's.
+    in_step_ = false;
+    for (size_t i = 0; i < buckets_.size(); ++i) {
+      const Bucket& b = buckets_[i];
+      buckets_[i].nonfinite = !std::all_of(memory_.begin() + b.begin, memory_.begin() + b.end,
+                                           [](float v) { return std::isfinite(v); });
+    }
+    return check_finite();
+  }
   // Parameters without a gradient in this micro-batch contribute what they hold; every rank
   // must reduce them.
   for (size_t p = 0; p < params_.size(); ++p) {
@@ -288,6 +300,10 @@ bool GradientEngine::finish() {
   }
   stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (error_) std::rethrow_exception(error_);
+  return check_finite();
+}
+
+bool GradientEngine::check_finite() {
   for (size_t i = 0; i < buckets_.size(); ++i) {
     if (!buckets_[i].nonfinite) continue;
     if (on_nonfinite_ == OnNonFinite::kSkip) {

@@ -16,7 +16,7 @@ std::string join(const std::vector<std::string>& v) {
 }  // namespace
 
 Params parse_params(const std::string& owner, const std::string& text,
-                    const std::vector<std::string>& valid) {
+                    const std::vector<std::string>& valid, const std::string& flag) {
   std::map<std::string, std::string> values;
   size_t start = 0;
   bool first = true;
@@ -31,21 +31,21 @@ Params parse_params(const std::string& owner, const std::string& text,
       key = valid.front();
       value = item;
     } else {
-      DT_ENFORCE(eq != std::string::npos, "--reduce ", owner, ": '", item,
+      DT_ENFORCE(eq != std::string::npos, flag, " ", owner, ": '", item,
                  "' is not key=value (valid keys: ", join(valid), ")");
       key = item.substr(0, eq);
       value = item.substr(eq + 1);
     }
     bool known = false;
     for (const auto& v : valid) known |= v == key;
-    DT_ENFORCE(known, "--reduce ", owner, ": unknown parameter '", key, "' (valid: ", join(valid),
+    DT_ENFORCE(known, flag, " ", owner, ": unknown parameter '", key, "' (valid: ", join(valid),
                ")");
-    DT_ENFORCE(values.emplace(key, value).second, "--reduce ", owner, ": parameter '", key,
+    DT_ENFORCE(values.emplace(key, value).second, flag, " ", owner, ": parameter '", key,
                "' given twice");
     first = false;
     start = end + 1;
   }
-  return Params(owner, std::move(values));
+  return Params(owner, std::move(values), flag);
 }
 
 size_t Params::get_size(const std::string& key, size_t fallback, size_t lo, size_t hi) const {
@@ -61,7 +61,7 @@ size_t Params::get_size(const std::string& key, size_t fallback, size_t lo, size
     ok = false;
   }
   ok = ok && pos == v.size() && x >= lo && x <= hi;
-  DT_ENFORCE(ok, "--reduce ", owner_, ": ", key, "=", v, " is not an integer in [", lo, ", ", hi,
+  DT_ENFORCE(ok, flag_, " ", owner_, ": ", key, "=", v, " is not an integer in [", lo, ", ", hi,
              "]");
   return static_cast<size_t>(x);
 }
@@ -81,8 +81,8 @@ double Params::get_double(const std::string& key, double fallback, double lo, do
   }
   ok = ok && pos == v.size() && std::isfinite(x) && (lo_open ? x > lo : x >= lo) &&
        (hi_open ? x < hi : x <= hi);
-  DT_ENFORCE(ok, "--reduce ", owner_, ": ", key, "=", v, " is not a number in ",
-             lo_open ? "(" : "[", lo, ", ", hi, hi_open ? ")" : "]");
+  DT_ENFORCE(ok, flag_, " ", owner_, ": ", key, "=", v, " is not a number in ", lo_open ? "(" : "[",
+             lo, ", ", hi, hi_open ? ")" : "]");
   return x;
 }
 

@@ -4,10 +4,12 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "dtrain/collective/collective.h"
 #include "dtrain/common/bytes.h"
 #include "dtrain/common/error.h"
 #include "dtrain/common/file.h"
@@ -42,7 +44,8 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
 
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
                      torch::optim::Optimizer& optimizer,
-                     const std::vector<std::byte>& reducer_state) {
+                     const std::vector<std::byte>& reducer_state,
+                     const std::vector<torch::Tensor>& extra) {
   nlohmann::json j = {{"step", meta.step},
                       {"epoch", meta.epoch},
                       {"position", meta.position},
@@ -63,6 +66,12 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch:
   archive.write("optimizer", optim_archive);
   archive.write("reducer", bytes_tensor(reducer_state.data(), reducer_state.size()));
   archive.write("rng", at::detail::getDefaultCPUGenerator().get_state());
+  if (!extra.empty()) {
+    torch::serialize::OutputArchive extra_archive;
+    for (size_t i = 0; i < extra.size(); ++i) extra_archive.write(std::to_string(i), extra[i]);
+    archive.write("extra", extra_archive);
+    archive.write("extra_count", torch::tensor(static_cast<int64_t>(extra.size())));
+  }
   std::ostringstream os;
   archive.save_to(os);
   const std::string bytes = os.str();
@@ -71,7 +80,8 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch:
 
 CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model,
                                torch::optim::Optimizer& optimizer,
-                               std::vector<std::byte>* reducer_state) {
+                               std::vector<std::byte>* reducer_state,
+                               std::vector<torch::Tensor>* extra) {
   auto archive = open_archive(path);
   CheckpointMeta meta;
   try {
@@ -103,6 +113,15 @@ CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(rng);
+    if (extra) {
+      torch::Tensor count;
+      DT_ENFORCE(archive.try_read("extra_count", count), "checkpoint ", path,
+                 " holds no per-rank tensors (it was not written by this training scheme)");
+      torch::serialize::InputArchive extra_archive;
+      archive.read("extra", extra_archive);
+      extra->resize(static_cast<size_t>(count.item<int64_t>()));
+      for (size_t i = 0; i < extra->size(); ++i) extra_archive.read(std::to_string(i), (*extra)[i]);
+    }
   } catch (const c10::Error& e) {
     throw InvalidArgument("checkpoint " + path +
                           " does not fit this model (was it written with "
@@ -128,6 +147,102 @@ void collect_tensors(torch::serialize::InputArchive& archive, std::vector<torch:
   }
 }
 }  // namespace
+
+namespace {
+
+std::string rank_file(int64_t step, int rank) {
+  return "checkpoint-" + std::to_string(step) + ".rank" + std::to_string(rank) + ".pt";
+}
+
+void barrier(comm::Group& g) {
+  collective::BarrierOptions b(g);
+  collective::barrier(b);
+}
+
+}  // namespace
+
+void save_rank_checkpoint(comm::Group& g, const std::string& dir, const CheckpointMeta& meta,
+                          torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                          const std::vector<std::byte>& state,
+                          const std::vector<torch::Tensor>& extra) {
+  namespace fs = std::filesystem;
+  if (g.rank() != 0) {
+    // Rank 0 made the directory at the start; another host may need its own.
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+  }
+  const std::string mine = rank_file(meta.step, g.rank());
+  save_checkpoint(dir + "/" + mine, meta, model, optimizer, state, extra);
+  barrier(g);  // every rank's file is complete
+  if (g.rank() == 0) {
+    nlohmann::json files = nlohmann::json::array();
+    for (int r = 0; r < g.size(); ++r) files.push_back(rank_file(meta.step, r));
+    const nlohmann::json manifest = {{"format", "dtrain rank checkpoint set"},
+                                     {"version", 1},
+                                     {"step", meta.step},
+                                     {"world_size", g.size()},
+                                     {"files", files}};
+    write_file_atomic(dir + "/checkpoint.json", manifest.dump(2) + "\n", /*durable=*/true);
+  }
+  barrier(g);  // the manifest names the new set: older ones may go
+  std::error_code ec;
+  const std::string suffix = ".rank" + std::to_string(g.rank()) + ".pt";
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("checkpoint-", 0) == 0 && name.size() > suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0 && name != mine) {
+      fs::remove(entry.path(), ec);
+    }
+  }
+}
+
+CheckpointMeta load_rank_checkpoint(int rank, int world, const std::string& dir,
+                                    torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                                    std::vector<std::byte>* state,
+                                    std::vector<torch::Tensor>* extra) {
+  namespace fs = std::filesystem;
+  const std::string manifest_path = dir + "/checkpoint.json";
+  if (!fs::exists(manifest_path)) {
+    if (fs::exists(dir + "/checkpoint.pt")) {
+      DT_THROW(InvalidArgument, "--resume ", dir,
+               ": it holds a synchronous checkpoint (checkpoint.pt) and no per-rank set "
+               "(checkpoint.json); resume it with the --algorithm it was written with");
+    }
+    DT_THROW(IoError, "--resume ", dir, ": no checkpoint manifest ", manifest_path);
+  }
+  nlohmann::json manifest;
+  std::string file;
+  try {
+    std::ifstream in(manifest_path);
+    manifest = nlohmann::json::parse(in);
+    DT_ENFORCE(manifest.at("world_size").get<int>() == world, "--resume ", dir,
+               ": the checkpoint was written by ", manifest.at("world_size").get<int>(),
+               " workers, this job has ", world);
+    file = manifest.at("files").at(static_cast<size_t>(rank)).get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    DT_THROW(IoError, "checkpoint manifest ", manifest_path, " is corrupt: ", e.what());
+  }
+  DT_ENFORCE(file.find('/') == std::string::npos, "checkpoint manifest ", manifest_path,
+             " names a file outside its directory: ", file);
+  const std::string path = dir + "/" + file;
+  if (!fs::exists(path)) {
+    DT_THROW(IoError, "--resume ", dir, ": rank ", rank, "'s checkpoint file ", path,
+             " is missing (the manifest ", manifest_path, " lists it)");
+  }
+  CheckpointMeta meta = load_checkpoint(path, model, optimizer, state, extra);
+  DT_ENFORCE(meta.step == manifest.at("step").get<int64_t>(), "checkpoint ", path, " holds step ",
+             meta.step, ", its manifest ", manifest_path, " step ",
+             manifest.at("step").get<int64_t>());
+  return meta;
+}
+
+void check_resumable(const CheckpointMeta& meta, int world, const std::string& model,
+                     const std::string& dir) {
+  DT_ENFORCE(meta.world_size == world, "--resume ", dir, ": the checkpoint was written by ",
+             meta.world_size, " workers, this job has ", world);
+  DT_ENFORCE(meta.model == model, "--resume ", dir, ": the checkpoint holds model '", meta.model,
+             "', not '", model, "'");
+}
 
 std::vector<torch::Tensor> load_checkpoint_parameters(const std::string& path) {
   auto archive = open_archive(path);

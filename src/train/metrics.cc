@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "dtrain/common/error.h"
+#include "schemes.h"
 
 namespace dtrain::train {
 
@@ -50,6 +51,15 @@ void Progress::epoch_done(const std::string& line) {
   if (tty_) std::printf("\r\033[K");
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);
+}
+
+nlohmann::json reducer_figures(const reduce::GradientReducer& reducer) {
+  const auto figures = reducer.step_metrics();
+  if (figures.empty()) return nullptr;
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [key, value] : figures) out[key] = value;
+  for (const auto& [key, values] : reducer.step_vectors()) out[key] = values;
+  return out;
 }
 
 }  // namespace dtrain::train

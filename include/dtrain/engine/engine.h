@@ -89,8 +89,10 @@ class GradientEngine {
   // The parameter's range of the gradient memory (what its .grad views).
   std::span<float> grad_memory(size_t index);
 
-  // Starts a step of `micro_batches` micro-batches: zeroes the gradient memory.
-  void begin_step(int64_t step, int micro_batches = 1);
+  // Starts a step of `micro_batches` micro-batches: zeroes the gradient memory. A step with
+  // communicate = false (Local SGD's local steps) accumulates the gradients and reduces nothing:
+  // finish() only checks them, and each rank's optimizer steps on its own gradient.
+  void begin_step(int64_t step, int micro_batches = 1, bool communicate = true);
   // Moves to the next micro-batch of the step; the last one reduces.
   void next_micro_batch();
   // Backprop of the current micro-batch starts now (times readiness for the cost model).
@@ -133,7 +135,9 @@ class GradientEngine {
   void comm_loop();
   void note_ready(size_t index);                     // with mu_ held
   void check_accumulate_locked(size_t index) const;  // with mu_ held
-  bool reducing() const { return micro_ + 1 == micro_batches_; }
+  bool check_finite();  // finish()'s verdict on the buckets' non-finite flags
+  bool last_micro_batch() const { return micro_ + 1 == micro_batches_; }
+  bool reducing() const { return communicate_ && last_micro_batch(); }
 
   std::vector<ParamInfo> params_;
   Buckets buckets_list_;
@@ -155,6 +159,7 @@ class GradientEngine {
   int64_t step_ = -1;
   int micro_batches_ = 1;
   int micro_ = 0;
+  bool communicate_ = true;
   std::chrono::steady_clock::time_point step_start_;  // backprop of the reducing batch
   size_t next_ = 0;                                   // next bucket index the comm thread reduces
   size_t done_count_ = 0;

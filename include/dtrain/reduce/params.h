@@ -11,8 +11,9 @@ namespace dtrain::reduce {
 
 class Params {
  public:
-  Params(std::string owner, std::map<std::string, std::string> values)
-      : owner_(std::move(owner)), values_(std::move(values)) {}
+  Params(std::string owner, std::map<std::string, std::string> values,
+         std::string flag = "--reduce")
+      : owner_(std::move(owner)), values_(std::move(values)), flag_(std::move(flag)) {}
   bool has(const std::string& key) const { return values_.count(key) > 0; }
   // The value of key as an integer in [lo, hi], or fallback when absent; InvalidArgument naming
   // the reducer, the key and the value otherwise.
@@ -25,11 +26,12 @@ class Params {
  private:
   std::string owner_;
   std::map<std::string, std::string> values_;
+  std::string flag_;  // the command-line flag the spec came from, for errors
 };
 
 // Splits "k=v,k=v" (or "v" for the first valid key); unknown or repeated keys throw
-// InvalidArgument listing the valid ones.
+// InvalidArgument listing the valid ones. Errors name `flag` and `owner` ("--reduce topk: ...").
 Params parse_params(const std::string& owner, const std::string& text,
-                    const std::vector<std::string>& valid);
+                    const std::vector<std::string>& valid, const std::string& flag = "--reduce");
 
 }  // namespace dtrain::reduce

@@ -29,15 +29,38 @@ struct CheckpointMeta {
   nlohmann::json schedule;
 };
 
+// `extra`: further tensors of the scheme (e.g. Local SGD's model at the last averaging).
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
                      torch::optim::Optimizer& optimizer,
-                     const std::vector<std::byte>& reducer_state);
+                     const std::vector<std::byte>& reducer_state,
+                     const std::vector<torch::Tensor>& extra = {});
 
 // Throws IoError naming the file if it is missing or unreadable, InvalidArgument if it was
-// written for another model or world size.
+// written for another model or world size. `extra` (when given) receives save's extra tensors.
 CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model,
                                torch::optim::Optimizer& optimizer,
-                               std::vector<std::byte>* reducer_state);
+                               std::vector<std::byte>* reducer_state,
+                               std::vector<torch::Tensor>* extra = nullptr);
+
+// Checkpoints of schemes whose ranks hold different models (Local SGD between averagings): every
+// rank writes its own file, checkpoint-<step>.rank<r>.pt (atomically), then rank 0 writes the
+// manifest checkpoint.json naming the set, last and atomically, so a half-written set is never
+// taken for a checkpoint; each rank then removes its files of older sets. All ranks call it.
+void save_rank_checkpoint(comm::Group& g, const std::string& dir, const CheckpointMeta& meta,
+                          torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                          const std::vector<std::byte>& state,
+                          const std::vector<torch::Tensor>& extra);
+// This rank's part of the set the manifest in `dir` names. IoError naming the manifest or the
+// rank's file when missing (a sync checkpoint.pt without a manifest is named as such).
+CheckpointMeta load_rank_checkpoint(int rank, int world, const std::string& dir,
+                                    torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                                    std::vector<std::byte>* state,
+                                    std::vector<torch::Tensor>* extra);
+
+// Throws InvalidArgument naming --resume `dir` when the checkpoint was written by another world
+// size or for another model.
+void check_resumable(const CheckpointMeta& meta, int world, const std::string& model,
+                     const std::string& dir);
 
 // Parameters only (for comparisons and evaluation).
 std::vector<torch::Tensor> load_checkpoint_parameters(const std::string& path);

@@ -1,5 +1,6 @@
-// The synchronous data-parallel trainer: every rank trains a replica on its shard, gradients are
-// averaged by the engine's reducer each step, rank 0 logs metrics and writes checkpoints.
+// The trainer: every rank trains a replica on its shard. With --algorithm sync the engine's
+// reducer averages the gradients every step; with Local SGD the ranks take local steps and
+// average their models every few steps. Rank 0 logs metrics; checkpoints are atomic.
 #pragma once
 
 #include <cstdint>
@@ -32,8 +33,12 @@ struct TrainOptions {
   std::string optimizer = "adam";  // sgd | momentum | adam
   uint64_t seed = 1;
   int64_t max_steps = -1;  // stop after this many steps in total (tests, quick looks)
+  // Training scheme: "sync" (gradients averaged every step) or Local SGD,
+  // "local:H=8[,warmup=STEPS][,Hmax=M,double_every=STEPS]" (train/local_sgd_schedule.h).
+  std::string algorithm = "sync";
   // Communication
   std::string reduce = "dense";
+  std::string average;  // Local SGD: the reducer of the model averaging (empty: as --reduce)
   std::string schedule = "fused:25";  // single | wfbp | fused[:MB] | mgwfbp
   std::string on_nonfinite = "abort";
   // Output
@@ -43,7 +48,13 @@ struct TrainOptions {
   std::string timeline;          // Chrome trace file
   bool quiet = false;
   int log_every = 20;  // steps between step records
-  int threads = 1;     // LibTorch/OpenBLAS threads per worker
+  // Time to accuracy: the test set is evaluated every eval_every steps (0: at epoch ends only)
+  // and at each epoch's end; the target counts as reached at the second of two consecutive
+  // evaluations at or above target_accuracy (0: no target). Evaluation time is kept off the
+  // training clock and reported apart.
+  int64_t eval_every = 0;
+  double target_accuracy = 0;
+  int threads = 1;  // LibTorch/OpenBLAS threads per worker
 };
 
 struct TrainResult {
@@ -59,6 +70,10 @@ struct TrainResult {
   double comm_wait_s = 0;    // time the training thread waited for it after backprop
   double comm_hidden_s = 0;  // communication that overlapped backprop
   uint64_t skipped_steps = 0;
+  double eval_s = 0;             // time spent evaluating (not in time_s)
+  double time_to_target_s = -1;  // training-clock time the target was reached (-1: never)
+  int64_t rounds = 0;            // communication rounds (steps with gradients averaged plus
+                                 // model averagings)
 };
 
 // Checks every option (names, ranges, combinations) and throws InvalidArgument naming the flag.

@@ -1,0 +1,42 @@
+#include "evaluation.h"
+
+#include <algorithm>
+
+#include "dtrain/collective/collective.h"
+
+namespace dtrain::train {
+
+std::pair<double, double> evaluate(torchx::Net& model, const TensorData& d, comm::Group& g) {
+  torch::NoGradGuard guard;
+  const int64_t n = d.x_test.size(0);
+  const int64_t lo = n * g.rank() / g.size(), hi = n * (g.rank() + 1) / g.size();
+  double sums[3] = {0, 0, double(hi - lo)};  // correct, loss sum, count
+  for (int64_t b = lo; b < hi; b += 1024) {
+    int64_t e = std::min(hi, b + 1024);
+    auto logits = model.forward(d.x_test.slice(0, b, e));
+    auto y = d.y_test.slice(0, b, e);
+    sums[0] += logits.argmax(1).eq(y).sum().item<double>();
+    sums[1] +=
+        torch::nn::functional::cross_entropy(
+            logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+            .item<double>();
+  }
+  collective::AllreduceOptions o(g);
+  o.output = collective::View(sums, 3, collective::DataType::kFloat64);
+  collective::allreduce(o);
+  return {sums[0] / std::max(1.0, sums[2]), sums[1] / std::max(1.0, sums[2])};
+}
+
+bool TargetTracker::add(int64_t step, double time_s, double accuracy) {
+  if (!enabled() || reached()) return false;
+  const bool at_target = accuracy >= target_;
+  if (at_target && previous_at_target_) {
+    reached_step_ = step;
+    reached_time_s_ = time_s;
+    return true;
+  }
+  previous_at_target_ = at_target;
+  return false;
+}
+
+}  // namespace dtrain::train

@@ -1,0 +1,127 @@
+// validate(): every training option checked before any worker starts; check_same_flags(): the
+// ranks agree on them.
+#include "flags.h"
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "dtrain/collective/collective.h"
+#include "dtrain/common/error.h"
+#include "dtrain/common/hash.h"
+#include "dtrain/engine/engine.h"
+#include "dtrain/reduce/reducer.h"
+#include "dtrain/torch/models.h"
+#include "dtrain/train/local_sgd_schedule.h"
+
+namespace dtrain::train {
+namespace {
+
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+// (flag, value) pairs of the flags that decide the model, the data order, the buckets and the
+// collectives each step makes.
+std::vector<std::pair<const char*, std::string>> shared_flags(const TrainOptions& o) {
+  std::string hidden;
+  for (int64_t h : o.hidden) hidden += std::to_string(h) + ",";
+  auto num = [](double x) { return nlohmann::json(x).dump(); };
+  return {{"--model", o.model},
+          {"--hidden", hidden},
+          {"--train-subset", std::to_string(o.train_subset)},
+          {"--test-subset", std::to_string(o.test_subset)},
+          {"--fields", std::to_string(o.fields)},
+          {"--vocab", std::to_string(o.vocab)},
+          {"--embed-dim", std::to_string(o.embed_dim)},
+          {"synthetic_train", std::to_string(o.synthetic_train)},
+          {"synthetic_test", std::to_string(o.synthetic_test)},
+          {"--epochs", std::to_string(o.epochs)},
+          {"--batch-size", std::to_string(o.batch_size)},
+          {"--accumulate", std::to_string(o.accumulate)},
+          {"--lr", num(o.lr)},
+          {"--momentum", num(o.momentum)},
+          {"--optimizer", o.optimizer},
+          {"--seed", std::to_string(o.seed)},
+          {"--max-steps", std::to_string(o.max_steps)},
+          {"--algorithm", o.algorithm},
+          {"--reduce", o.reduce},
+          {"--average", o.average},
+          {"--schedule", o.schedule},
+          {"--on-nonfinite", o.on_nonfinite},
+          {"--checkpoint-every", std::to_string(o.checkpoint_every)},
+          {"--resume", o.resume.empty() ? "" : "given"},
+          {"--log-every", std::to_string(o.log_every)},
+          {"--eval-every", std::to_string(o.eval_every)},
+          {"--target-accuracy", num(o.target_accuracy)}};
+}
+
+}  // namespace
+
+void validate(const TrainOptions& o) {
+  const auto models = torchx::model_names();
+  DT_ENFORCE(std::find(models.begin(), models.end(), o.model) != models.end(), "--model '", o.model,
+             "' is not one of ", join(models));
+  const std::string reducer = o.reduce.substr(0, o.reduce.find(':'));
+  const auto reducers = reduce::reducer_names();
+  DT_ENFORCE(std::find(reducers.begin(), reducers.end(), reducer) != reducers.end(), "--reduce '",
+             o.reduce, "': unknown reducer '", reducer, "' (valid: ", join(reducers), ")");
+  const auto schedule = engine::Schedule::parse(o.schedule);
+  DT_ENFORCE(schedule.kind != engine::Schedule::Kind::kMgwfbp || o.reduce == "dense",
+             "--schedule mgwfbp plans the dense allreduce (its cost model times it); --reduce ",
+             o.reduce, " has other costs: use --schedule fused, wfbp or single with it");
+  const auto algorithm = LocalSgdSchedule::parse(o.algorithm);
+  if (!o.average.empty()) {
+    DT_ENFORCE(algorithm.local, "--average ", o.average,
+               " chooses the reducer of Local SGD's model averaging; it needs --algorithm local");
+    const std::string name = o.average.substr(0, o.average.find(':'));
+    DT_ENFORCE(std::find(reducers.begin(), reducers.end(), name) != reducers.end(), "--average '",
+               o.average, "': unknown reducer '", name, "' (valid: ", join(reducers), ")");
+  }
+  DT_ENFORCE(!algorithm.local || schedule.kind != engine::Schedule::Kind::kMgwfbp,
+             "--schedule mgwfbp plans per-step gradient reduction; --algorithm ", o.algorithm,
+             " averages models every few steps: use --schedule fused with it");
+  engine::parse_on_nonfinite(o.on_nonfinite);
+  DT_ENFORCE(o.epochs >= 1, "--epochs must be >= 1, got ", o.epochs);
+  DT_ENFORCE(o.batch_size >= 1, "--batch-size must be >= 1, got ", o.batch_size);
+  DT_ENFORCE(o.accumulate >= 1, "--accumulate must be >= 1, got ", o.accumulate);
+  DT_ENFORCE(o.lr > 0 && std::isfinite(o.lr), "--lr must be a positive number, got ", o.lr);
+  DT_ENFORCE(o.momentum >= 0 && o.momentum < 1, "--momentum must be in [0, 1), got ", o.momentum);
+  DT_ENFORCE(o.threads >= 1, "--threads must be >= 1, got ", o.threads);
+  DT_ENFORCE(o.log_every >= 1, "--log-every must be >= 1, got ", o.log_every);
+  DT_ENFORCE(o.checkpoint_every >= 0, "--checkpoint-every must be >= 0, got ", o.checkpoint_every);
+  DT_ENFORCE(o.eval_every >= 0, "--eval-every must be >= 0 (0: at each epoch's end only), got ",
+             o.eval_every);
+  DT_ENFORCE(o.target_accuracy >= 0 && o.target_accuracy <= 1,
+             "--target-accuracy must be a fraction in [0, 1] (0: none), got ", o.target_accuracy);
+  DT_ENFORCE(o.optimizer == "sgd" || o.optimizer == "momentum" || o.optimizer == "adam",
+             "--optimizer '", o.optimizer, "' is not one of sgd, momentum, adam");
+}
+
+void check_same_flags(const TrainOptions& o, comm::Group& g) {
+  if (g.size() == 1) return;
+  const auto flags = shared_flags(o);
+  const size_t k = flags.size();
+  std::vector<int64_t> hashes(k * static_cast<size_t>(g.size()), 0);
+  for (size_t i = 0; i < k; ++i) {
+    const uint64_t h = Fnv1a().bytes(flags[i].second.data(), flags[i].second.size()).digest();
+    hashes[static_cast<size_t>(g.rank()) * k + i] = static_cast<int64_t>(h);
+  }
+  collective::AllgatherOptions ag(g);
+  ag.output = hashes;
+  collective::allgather(ag);
+  for (size_t i = 0; i < k; ++i) {
+    for (int r = 1; r < g.size(); ++r) {
+      if (hashes[static_cast<size_t>(r) * k + i] != hashes[i]) {
+        throw InvalidArgument(
+            detail::concat(flags[i].first, " differs between rank 0 and rank ", r,
+                           ": every rank must be started with the same training flags (rank ",
+                           g.rank(), " has ", flags[i].first, " '", flags[i].second, "')"));
+      }
+    }
+  }
+}
+
+}  // namespace dtrain::train

@@ -1,0 +1,20 @@
+// The training schemes (internal to train/): one file each, over the shared loop (loop.h).
+#pragma once
+
+#include <memory>
+
+#include "dtrain/reduce/reducer.h"
+#include "loop.h"
+
+namespace dtrain::train {
+
+// --algorithm sync (sync_sgd.cc).
+std::unique_ptr<Scheme> make_sync_scheme(Run& run);
+// --algorithm local:... (local_sgd.cc).
+std::unique_ptr<Scheme> make_local_sgd_scheme(Run& run);
+
+// A reducer's figures of its latest step (step_metrics and step_vectors) as one JSON object, or
+// null when it has none.
+nlohmann::json reducer_figures(const reduce::GradientReducer& reducer);
+
+}  // namespace dtrain::train
