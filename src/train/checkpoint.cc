@@ -42,6 +42,15 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
 
 }  // namespace
 
+std::string optimizer_name(torch::optim::Optimizer& optimizer) {
+  if (dynamic_cast<torch::optim::Adam*>(&optimizer)) return "adam";
+  if (auto* sgd = dynamic_cast<torch::optim::SGD*>(&optimizer)) {
+    const auto& o = static_cast<const torch::optim::SGDOptions&>(sgd->defaults());
+    return o.momentum() > 0 ? "momentum" : "sgd";
+  }
+  return "other";
+}
+
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
                      torch::optim::Optimizer& optimizer,
                      const std::vector<std::byte>& reducer_state,
@@ -55,6 +64,8 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch:
                       {"reduce", meta.reduce},
                       {"format", 1}};
   if (!meta.schedule.is_null()) j["schedule"] = meta.schedule;
+  if (!meta.optimizer.empty()) j["optimizer"] = meta.optimizer;
+  if (!meta.progress.is_null()) j["progress"] = meta.progress;
   const std::string js = j.dump();
   torch::serialize::OutputArchive archive;
   archive.write("meta", bytes_tensor(js.data(), js.size()));
@@ -96,6 +107,14 @@ CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model
     meta.model = j.at("model");
     meta.reduce = j.at("reduce");
     if (j.contains("schedule")) meta.schedule = j.at("schedule");
+    if (j.contains("progress")) meta.progress = j.at("progress");
+    if (j.contains("optimizer")) {
+      meta.optimizer = j.at("optimizer");
+      const std::string mine = optimizer_name(optimizer);
+      DT_ENFORCE(meta.optimizer == mine, "checkpoint ", path, " was written with --optimizer ",
+                 meta.optimizer, "; this run uses --optimizer ", mine,
+                 ": resume with the optimizer the run started with");
+    }
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     model.load(model_archive);

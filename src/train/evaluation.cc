@@ -39,4 +39,16 @@ bool TargetTracker::add(int64_t step, double time_s, double accuracy) {
   return false;
 }
 
+nlohmann::json TargetTracker::state() const {
+  return {{"previous_at_target", previous_at_target_},
+          {"reached_step", reached_step_},
+          {"reached_time_s", reached_time_s_}};
+}
+
+void TargetTracker::restore(const nlohmann::json& state) {
+  previous_at_target_ = state.value("previous_at_target", false);
+  reached_step_ = state.value("reached_step", int64_t{-1});
+  reached_time_s_ = state.value("reached_time_s", -1.0);
+}
+
 }  // namespace dtrain::train

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <nlohmann/json.hpp>
 #include <utility>
 
 #include "data_source.h"
@@ -43,6 +44,9 @@ class TargetTracker {
   int64_t reached_step() const { return reached_step_; }
   double reached_time_s() const { return reached_time_s_; }
   double target() const { return target_; }
+  // For checkpoints: a resumed run continues the pair of evaluations and keeps a reached target.
+  nlohmann::json state() const;
+  void restore(const nlohmann::json& state);
 
  private:
   double target_;

@@ -116,7 +116,7 @@ class LocalSgdScheme : public Scheme {
     return out;
   }
 
-  void save(int epoch, int64_t position, int64_t step) override {
+  void save(int epoch, int64_t position, int64_t step, const nlohmann::json& progress) override {
     if (run_.out_dir.empty()) return;
     if (anchor_.empty()) set_anchor();
     ByteWriter state;
@@ -127,6 +127,8 @@ class LocalSgdScheme : public Scheme {
                      position,      run_.o.seed,
                      run_.world,    run_.o.model,
                      run_.o.reduce, schedule_record(run_.o.schedule, *run_.eng, nullptr)};
+    m.optimizer = optimizer_name(*run_.optimizer);
+    m.progress = progress;
     save_rank_checkpoint(run_.g, run_.out_dir, m, *run_.model, *run_.optimizer, state.take(),
                          anchor_);
   }

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "dtrain/common/error.h"
+#include "dtrain/common/hash.h"
 #include "dtrain/data/shard.h"
 #include "evaluation.h"
 
@@ -27,7 +28,25 @@ TrainResult run_loop(Run& run, Scheme& scheme, const CheckpointMeta& start) {
   TrainingClock clock;
   TargetTracker target(o.target_accuracy);
   int64_t step = start.step;
-  const auto samples = [&] { return (step - start.step) * run.per_step * world; };
+  // A resumed run continues the clocks and counters where the checkpoint left them.
+  const nlohmann::json before =
+      start.progress.is_object() ? start.progress : nlohmann::json::object();
+  const double time0 = before.value("time_s", 0.0), eval0 = before.value("eval_s", 0.0);
+  const uint64_t sent0 = before.value("bytes_sent", uint64_t{0});
+  const uint64_t received0 = before.value("bytes_recv", uint64_t{0});
+  if (before.contains("target")) target.restore(before["target"]);
+  const auto elapsed_total = [&] { return time0 + clock.elapsed(); };
+  const auto eval_total = [&] { return eval0 + clock.paused(); };
+  const auto sent_total = [&] { return sent0 + scheme.bytes_sent(); };
+  const auto received_total = [&] { return received0 + scheme.bytes_received(); };
+  const auto samples = [&] { return step * run.per_step * world; };
+  const auto progress_record = [&] {
+    return nlohmann::json{{"time_s", elapsed_total()},
+                          {"eval_s", eval_total()},
+                          {"bytes_sent", sent_total()},
+                          {"bytes_recv", received_total()},
+                          {"target", target.state()}};
+  };
   // Evaluates the test set (off the training clock) and tracks the target; all ranks call it.
   struct Evaluation {
     double accuracy, loss, time_s;
@@ -37,28 +56,28 @@ TrainResult run_loop(Run& run, Scheme& scheme, const CheckpointMeta& start) {
     std::pair<double, double> r;
     scheme.with_evaluation_model([&] { r = evaluate(*run.model, run.data, g); });
     clock.resume();
-    const double t = clock.elapsed();
+    const double t = elapsed_total();
     if (std::string(kind) == "eval") {
       run.metrics.write({{"kind", "eval"},
                          {"epoch", epoch},
                          {"step", step},
                          {"time_s", t},
-                         {"eval_s", clock.paused()},
+                         {"eval_s", eval_total()},
                          {"samples", samples()},
                          {"test_accuracy", r.first},
                          {"test_loss", r.second},
                          {"rounds", scheme.rounds()},
-                         {"bytes_sent", scheme.bytes_sent()}});
+                         {"bytes_sent", sent_total()}});
     }
     if (target.add(step, t, r.first)) {
       run.metrics.write({{"kind", "target"},
                          {"target_accuracy", target.target()},
                          {"step", step},
                          {"time_s", t},
-                         {"eval_s", clock.paused()},
+                         {"eval_s", eval_total()},
                          {"samples", samples()},
                          {"rounds", scheme.rounds()},
-                         {"bytes_sent", scheme.bytes_sent()}});
+                         {"bytes_sent", sent_total()}});
       if (run.lead && !o.quiet) {
         progress.epoch_done(detail::concat("reached ", o.target_accuracy * 100,
                                            "% test accuracy (second evaluation in a row) at step ",
@@ -79,7 +98,7 @@ TrainResult run_loop(Run& run, Scheme& scheme, const CheckpointMeta& start) {
   for (int epoch = start.epoch; epoch < o.epochs && !stop; ++epoch) {
     auto shard = data::shard_indices(n_train, g.rank(), world, o.seed, epoch);
     auto index = torch::from_blob(shard.data(), {int64_t(shard.size())}, torch::kInt64).clone();
-    const double epoch_start = clock.elapsed();
+    const double epoch_start = elapsed_total();
     // phase_s records are per epoch (a report sums them over epochs).
     std::fill(std::begin(phase), std::end(phase), 0.0);
     const double comm_before = scheme.comm_stats().comm_s,
@@ -102,9 +121,10 @@ TrainResult run_loop(Run& run, Scheme& scheme, const CheckpointMeta& start) {
       last_position = s + 1;
       loss_sum += r.loss;
       ++loss_count;
-      const double elapsed = clock.elapsed();
-      progress.step(epoch, s, r.loss, samples() / std::max(elapsed, 1e-9),
-                    scheme.bytes_sent() / 1e6);
+      const double elapsed = elapsed_total();
+      progress.step(epoch, s, r.loss,
+                    (step - start.step) * run.per_step * world / std::max(clock.elapsed(), 1e-9),
+                    sent_total() / 1e6);
       // The reducers' figures of every step (rank 0's): cheap scalars, no collective.
       if (auto figures = scheme.step_figures(); figures.is_object()) {
         nlohmann::json record = {{"kind", "reduce"}, {"step", step}};
@@ -119,14 +139,14 @@ TrainResult run_loop(Run& run, Scheme& scheme, const CheckpointMeta& start) {
                            {"loss", run.global_mean(r.loss)},
                            {"samples", samples()},
                            {"rounds", scheme.rounds()},
-                           {"bytes_sent", scheme.bytes_sent()},
-                           {"bytes_recv", scheme.bytes_received()}});
+                           {"bytes_sent", sent_total()},
+                           {"bytes_recv", received_total()}});
       }
       if (o.eval_every > 0 && step % o.eval_every == 0 && s + 1 < run.steps_per_epoch) {
         evaluation(epoch, "eval");
       }
       if (o.checkpoint_every > 0 && step % o.checkpoint_every == 0) {
-        scheme.save(epoch, s + 1, step);
+        scheme.save(epoch, s + 1, step, progress_record());
       }
     }
     // Epoch summary (also for a partial epoch cut short by --max-steps).
@@ -138,15 +158,15 @@ TrainResult run_loop(Run& run, Scheme& scheme, const CheckpointMeta& start) {
                        {"epoch", epoch},
                        {"step", step},
                        {"time_s", elapsed},
-                       {"eval_s", clock.paused()},
+                       {"eval_s", eval_total()},
                        {"train_loss", train_loss},
                        {"test_loss", test_loss},
                        {"test_accuracy", acc},
                        {"samples", samples()},
                        {"samples_per_s", samples() / std::max(elapsed, 1e-9)},
                        {"rounds", scheme.rounds()},
-                       {"bytes_sent", scheme.bytes_sent()},
-                       {"bytes_recv", scheme.bytes_received()},
+                       {"bytes_sent", sent_total()},
+                       {"bytes_recv", received_total()},
                        {"phase_s",
                         {{"data", phase[0]},
                          {"forward", phase[1]},
@@ -157,7 +177,7 @@ TrainResult run_loop(Run& run, Scheme& scheme, const CheckpointMeta& start) {
                          {"comm_hidden", stats.hidden_s - hidden_before}}}});
     progress.epoch_done(detail::concat("epoch ", epoch + 1, "/", o.epochs, ": train loss ",
                                        train_loss, ", test accuracy ", acc * 100, "%, ", epoch_s,
-                                       " s, ", scheme.bytes_sent() / 1e6, " MB sent/rank"));
+                                       " s, ", sent_total() / 1e6, " MB sent/rank"));
     result.test_accuracy = acc;
     result.test_loss = test_loss;
     result.train_loss = train_loss;
@@ -166,23 +186,29 @@ TrainResult run_loop(Run& run, Scheme& scheme, const CheckpointMeta& start) {
   }
   // The final checkpoint: at the end of the last epoch, or where --max-steps stopped.
   if (last_position == run.steps_per_epoch) {
-    scheme.save(last_epoch + 1, 0, step);
+    scheme.save(last_epoch + 1, 0, step, progress_record());
   } else {
-    scheme.save(last_epoch, last_position, step);
+    scheme.save(last_epoch, last_position, step, progress_record());
   }
   const auto stats = scheme.comm_stats();
   result.steps = step;
-  result.time_s = clock.elapsed();
+  result.time_s = elapsed_total();
   result.samples_per_s = samples() / std::max(result.time_s, 1e-9);
-  result.bytes_sent = scheme.bytes_sent();
-  result.bytes_received = scheme.bytes_received();
+  result.bytes_sent = sent_total();
+  result.bytes_received = received_total();
   result.comm_s = stats.comm_s;
   result.comm_wait_s = stats.wait_s;
   result.comm_hidden_s = stats.hidden_s;
   result.skipped_steps = stats.skipped_steps;
-  result.eval_s = clock.paused();
+  result.eval_s = eval_total();
   result.time_to_target_s = target.reached() ? target.reached_time_s() : -1;
   result.rounds = scheme.rounds();
+  Fnv1a hash;
+  for (const auto& p : run.model->parameters()) {
+    const auto t = p.detach().contiguous();
+    hash.bytes(t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size());
+  }
+  result.parameters_hash = hash.digest();
   nlohmann::json final_record = {{"kind", "final"},
                                  {"time_s", result.time_s},
                                  {"eval_s", result.eval_s},

@@ -32,8 +32,9 @@ class Scheme {
   virtual void after_step(int64_t step, const StepResult& result) {}
   // Scalars of the latest step for its "reduce" record (no collective); empty: no record.
   virtual nlohmann::json step_figures() const { return nullptr; }
-  // Saves a checkpoint of `step` steps done, continuing at (epoch, position). All ranks call it.
-  virtual void save(int epoch, int64_t position, int64_t step) = 0;
+  // Saves a checkpoint of `step` steps done, continuing at (epoch, position), with the loop's
+  // `progress` (CheckpointMeta::progress). All ranks call it.
+  virtual void save(int epoch, int64_t position, int64_t step, const nlohmann::json& progress) = 0;
   // Runs `evaluate` on a model every rank holds alike (Local SGD: the replicas' average).
   virtual void with_evaluation_model(const std::function<void()>& evaluate) { evaluate(); }
   // Bytes this rank moved so far (all of the scheme's reducers), and communication rounds.

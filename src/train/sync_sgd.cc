@@ -60,7 +60,7 @@ class SyncScheme : public Scheme {
 
   nlohmann::json step_figures() const override { return reducer_figures(run_.eng->reducer()); }
 
-  void save(int epoch, int64_t position, int64_t step) override {
+  void save(int epoch, int64_t position, int64_t step, const nlohmann::json& progress) override {
     if (run_.out_dir.empty()) return;
     const auto states = gather_reducer_states(run_.g, run_.eng->reducer().save_state());
     if (!run_.lead) return;
@@ -68,6 +68,8 @@ class SyncScheme : public Scheme {
                      position,      run_.o.seed,
                      run_.world,    run_.o.model,
                      run_.o.reduce, schedule_record(run_.o.schedule, *run_.eng, mgwfbp_.get())};
+    m.optimizer = optimizer_name(*run_.optimizer);
+    m.progress = progress;
     save_checkpoint(run_.out_dir + "/checkpoint.pt", m, *run_.model, *run_.optimizer, states);
   }
 

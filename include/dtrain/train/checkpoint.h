@@ -27,7 +27,15 @@ struct CheckpointMeta {
   // {"buckets": [[param, ...], ...], "allreduce": switch, "mgwfbp": plan record}. Null in
   // checkpoints of older versions (their buckets follow from --schedule).
   nlohmann::json schedule;
+  // The optimizer's name (sgd, momentum, adam); empty in older checkpoints.
+  std::string optimizer;
+  // Where the run's clocks and counters stood, so a resumed run continues them: {"time_s",
+  // "eval_s", "bytes_sent", "bytes_recv", "target": {...}}. Null in older checkpoints.
+  nlohmann::json progress;
 };
+
+// "sgd", "momentum" (SGD with momentum) or "adam", as --optimizer names them.
+std::string optimizer_name(torch::optim::Optimizer& optimizer);
 
 // `extra`: further tensors of the scheme (e.g. Local SGD's model at the last averaging).
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
@@ -36,7 +44,8 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch:
                      const std::vector<torch::Tensor>& extra = {});
 
 // Throws IoError naming the file if it is missing or unreadable, InvalidArgument if it was
-// written for another model or world size. `extra` (when given) receives save's extra tensors.
+// written for another model, world size or optimizer. `extra` (when given) receives save's extra
+// tensors.
 CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model,
                                torch::optim::Optimizer& optimizer,
                                std::vector<std::byte>* reducer_state,

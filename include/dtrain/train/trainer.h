@@ -72,6 +72,7 @@ struct TrainResult {
   uint64_t skipped_steps = 0;
   double eval_s = 0;             // time spent evaluating (not in time_s)
   double time_to_target_s = -1;  // training-clock time the target was reached (-1: never)
+  uint64_t parameters_hash = 0;    // FNV-1a of this rank's final parameters (replicas compare)
   int64_t rounds = 0;            // communication rounds (steps with gradients averaged plus
                                  // model averagings)
 };
