@@ -15,6 +15,10 @@ void add_bench_omnireduce(CLI::App& bench, int argc, char** argv, int& exit_code
 // `dtrain bench compress`: ExDyna selection vs exact top-k and the compressors, one core.
 void add_bench_compress(CLI::App& bench, int argc, char** argv, int& exit_code);
 
+// `dtrain bench localsgd`: Stich's convex Local SGD experiment, K workers simulated in one
+// process (built with LibTorch, as the training layer it belongs to).
+void add_bench_localsgd(CLI::App& bench, int argc, char** argv, int& exit_code);
+
 // `dtrain train` (built with LibTorch).
 void add_train(CLI::App& app, int argc, char** argv, int& exit_code);
 

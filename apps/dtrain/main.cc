@@ -25,6 +25,9 @@ int main(int argc, char** argv) {
   dtrain::app::add_bench_allreduce(*bench, argc, argv, exit_code);
   dtrain::app::add_bench_compress(*bench, argc, argv, exit_code);
   dtrain::app::add_bench_omnireduce(*bench, argc, argv, exit_code);
+#ifdef DTRAIN_WITH_TORCH
+  dtrain::app::add_bench_localsgd(*bench, argc, argv, exit_code);
+#endif
   try {
     dtrain::log::init(-1, 0);
     app.parse(argc, argv);
