@@ -3,6 +3,7 @@ target_sources(dtrain_core PRIVATE
   src/reduce/exdyna.cc
   src/reduce/exdyna_partition.cc
   src/reduce/exdyna_threshold.cc
+  src/reduce/exdyna_wire.cc
 )
 if(BUILD_TESTING)
   dtrain_test(test_exdyna tests/test_exdyna.cc)

@@ -787,10 +787,11 @@ TEST(ExDynaReducer, ReportsStepMetrics) {
     reducer->reduce_step(0, v);
     std::map<std::string, double> m;
     for (const auto& [key, value] : reducer->step_metrics()) m[key] = value;
-    ASSERT_EQ(m.size(), 5u);
+    ASSERT_EQ(m.size(), 6u);
     const auto& b = static_cast<ExDynaReducer&>(*reducer).bucket(0);
     EXPECT_EQ(m["k_sent"], double(b.k_sent));
     EXPECT_DOUBLE_EQ(m["density"], b.k_sent / 1000.0);
+    EXPECT_EQ(m["mean_density"], m["density"]);  // one step so far
     EXPECT_EQ(m["density_target"], 0.1);
     EXPECT_EQ(m["threshold"], double(float(reduce::exdyna::initial_threshold(0.1, 1000))));
     const double max_k = std::max(b.worker_counts[0], b.worker_counts[1]);

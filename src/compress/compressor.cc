@@ -1,8 +1,9 @@
-// Compressor registry: a table of (name, parameters with defaults, factory). make_compressor
-// splits "name:args", validates the keys against the table (params.cc) and hands the parsed
-// parameters to the factory, which range-checks the values.
+// Compressor registry: a table of (name, parameter keys, factory). make_compressor splits
+// "name:args" and parses the arguments with the tree's one spec parser (reduce/params.h) against
+// the table's keys; the factory reads the values with its defaults and range-checks them.
 #include "dtrain/compress/compressor.h"
 
+#include <charconv>
 #include <cmath>
 
 #include "dtrain/common/error.h"
@@ -13,7 +14,7 @@ namespace {
 
 struct Entry {
   const char* name;
-  std::vector<detail::ParamDef> params;
+  std::vector<std::string> params;  // keys in spec order; the first may be given without its key
   std::unique_ptr<Compressor> (*make)(const detail::Params&);
 };
 
@@ -21,19 +22,22 @@ const std::vector<Entry>& registry() {
   static const std::vector<Entry> entries = {
       {"none", {}, &detail::make_none},
       {"fp16", {}, &detail::make_fp16},
-      {"topk", {{"density", "0.01"}}, &detail::make_topk},
-      {"randomk", {{"density", "0.01"}, {"seed", "0"}, {"scale", "0"}}, &detail::make_randomk},
-      {"threshold", {{"lambda", "0.001"}}, &detail::make_threshold},
-      {"qcs",
-       {{"bucket", "256"},
-        {"rows", "32"},
-        {"levels", "1"},
-        {"seed", "0"},
-        {"recon", "unbiased"},
-        {"shared", "0"}},
-       &detail::make_qcs},
+      {"topk", {"density"}, &detail::make_topk},
+      {"randomk", {"density", "seed", "scale"}, &detail::make_randomk},
+      {"threshold", {"lambda"}, &detail::make_threshold},
+      {"qcs", {"bucket", "rows", "levels", "seed", "recon", "shared"}, &detail::make_qcs},
   };
   return entries;
+}
+
+const Entry& entry(const std::string& name, const std::string& spec) {
+  for (const auto& e : registry()) {
+    if (name == e.name) return e;
+  }
+  std::string valid;
+  for (const auto& n : compressor_names()) valid += (valid.empty() ? "" : ", ") + n;
+  throw InvalidArgument("unknown compressor '" + name + "' in spec '" + spec +
+                        "' (valid: " + valid + ")");
 }
 
 }  // namespace
@@ -44,20 +48,40 @@ std::vector<std::string> compressor_names() {
   return names;
 }
 
+std::vector<std::string> compressor_params(const std::string& name) {
+  return entry(name, name).params;
+}
+
 std::unique_ptr<Compressor> make_compressor(const std::string& spec) {
   const size_t colon = spec.find(':');
   const std::string name = spec.substr(0, colon);
   const std::string args = colon == std::string::npos ? "" : spec.substr(colon + 1);
-  for (const auto& e : registry()) {
-    if (name == e.name) return e.make(detail::Params(spec, name, args, e.params));
-  }
-  std::string valid;
-  for (const auto& n : compressor_names()) valid += (valid.empty() ? "" : ", ") + n;
-  throw InvalidArgument("unknown compressor '" + name + "' in spec '" + spec +
-                        "' (valid: " + valid + ")");
+  const Entry& e = entry(name, spec);
+  DT_ENFORCE(!e.params.empty() || args.empty(), "compressor ", name,
+             " takes no parameters (in spec '", spec, "')");
+  return e.make(reduce::parse_params(name, args, e.params, "compressor"));
+}
+
+std::unique_ptr<Compressor> make_compressor(const std::string& name, const reduce::Params& params) {
+  return entry(name, name).make(params);
+}
+
+void Compressor::kept_indices(const Payload&, uint64_t, uint64_t, std::vector<uint32_t>&) const {
+  DT_THROW(InvalidArgument, "compressor ", name(),
+           " is not a sparsifier: its payload keeps no subset of indices");
+}
+
+std::unique_ptr<Compressor> Compressor::with_density(double) const {
+  DT_THROW(InvalidArgument, "compressor ", name(), " has no density to change");
 }
 
 namespace detail {
+
+std::string format_number(double v) {
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, end);
+}
 
 void check_finite(std::span<const float> in, const char* compressor) {
   for (size_t i = 0; i < in.size(); ++i) {

@@ -24,7 +24,9 @@ ErrorFeedback::ErrorFeedback(std::unique_ptr<Compressor> compressor, double beta
   DT_ENFORCE(beta > 0 && beta <= 1, "error feedback: beta=", beta, " is outside (0, 1]");
 }
 
-Payload ErrorFeedback::compress(std::span<const float> g, uint64_t step, uint64_t stream) {
+Payload ErrorFeedback::compress(std::span<const float> g, uint64_t step, uint64_t stream,
+                                Compressor* with) {
+  Compressor& codec = with != nullptr ? *with : *compressor_;
   auto [it, fresh] = residuals_.try_emplace(stream, g.size(), 0.0f);
   std::vector<float>& r = it->second;
   DT_ENFORCE(r.size() == g.size(), "error feedback: stream ", stream, " has ", g.size(),
@@ -32,9 +34,9 @@ Payload ErrorFeedback::compress(std::span<const float> g, uint64_t step, uint64_
   const auto beta = static_cast<float>(beta_);
   z_.resize(g.size());
   for (size_t i = 0; i < g.size(); ++i) z_[i] = g[i] + beta * r[i];
-  Payload p = compressor_->compress(z_, step, stream);
+  Payload p = codec.compress(z_, step, stream);
   z_hat_.resize(g.size());
-  compressor_->decompress(p, z_hat_, false, step, stream, compressor_->worker());
+  codec.decompress(p, z_hat_, false, step, stream, codec.worker());
   for (size_t i = 0; i < g.size(); ++i) r[i] = (1 - beta) * r[i] + (z_[i] - z_hat_[i]);
   return p;
 }

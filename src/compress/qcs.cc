@@ -10,17 +10,18 @@
 // v_hat = s (q - u), scatters it to the sampled rows of an n-vector, transforms it back (H is
 // symmetric) and multiplies by the signs and alpha (n/k) / sqrt(n).
 //
-// The randomness comes from keyed streams (common/random.h): the rows, drawn once per call (step, stream)
-// and used by all its buckets; the signs, per bucket; both keyed by worker unless shared; and the
-// dither, per bucket, always keyed by worker. (Drawing k rows is the costliest part of a bucket's
-// randomness, so one draw serves all buckets; with independent signs per bucket each bucket's
-// estimate keeps its mean and mean squared error whatever the rows, see qcs.h.)
+// The randomness comes from keyed streams (common/random.h): the rows, drawn once per call (step,
+// stream) and used by all its buckets; the signs, per bucket; both keyed by worker unless shared;
+// and the dither, per bucket, always keyed by worker. (Drawing k rows is the costliest part of a
+// bucket's randomness, so one draw serves all buckets; with independent signs per bucket each
+// bucket's estimate keeps its mean and mean squared error whatever the rows, see qcs.h.)
 #include "dtrain/compress/qcs.h"
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "dtrain/common/error.h"
@@ -29,7 +30,6 @@
 
 namespace dtrain::compress {
 namespace {
-
 
 constexpr uint64_t kSketchDomain = 0x7163732d736b6574ull;  // "qcs-sket": signs
 constexpr uint64_t kRowsDomain = 0x7163732d726f7773ull;    // "qcs-rows"
@@ -309,24 +309,18 @@ void QcsCompressor::decompress(const Payload& p, std::span<float> out, bool accu
 namespace detail {
 
 std::unique_ptr<Compressor> make_qcs(const Params& params) {
+  // Ranges wide enough to parse; the constructor checks bucket (a power of two), rows (at most
+  // bucket) and levels with messages naming the key.
   QcsOptions o;
-  const int64_t bucket = params.integer("bucket");
-  if (bucket < 1 || bucket > (int64_t{1} << 30) || !std::has_single_bit(uint64_t(bucket))) {
-    params.fail("bucket", "is not a power of two in [1, 2^30]");
-  }
-  const int64_t rows = params.integer("rows");
-  if (rows < 1 || rows > bucket)
-    params.fail("rows", "is outside [1, bucket=" + std::to_string(bucket) + "]");
-  const int64_t levels = params.integer("levels");
-  if (levels < 1 || levels > 65535) params.fail("levels", "is outside [1, 65535]");
-  const int64_t seed = params.integer("seed");
-  if (seed < 0) params.fail("seed", "is negative");
-  o.bucket = static_cast<size_t>(bucket);
-  o.rows = static_cast<size_t>(rows);
-  o.levels = static_cast<int>(levels);
-  o.seed = static_cast<uint64_t>(seed);
-  o.mmse = params.choice("recon", {"unbiased", "mmse"}) == "mmse";
-  o.shared = params.flag("shared");
+  o.bucket = params.get_size("bucket", o.bucket, 1, size_t{1} << 30);
+  o.rows = params.get_size("rows", o.rows, 1, size_t{1} << 30);
+  o.levels = static_cast<int>(params.get_size("levels", static_cast<size_t>(o.levels), 1, 65535));
+  o.seed = params.get_size("seed", o.seed, 0, std::numeric_limits<uint64_t>::max());
+  const std::string& recon = params.get_string("recon", o.mmse ? "mmse" : "unbiased");
+  DT_ENFORCE(recon == "unbiased" || recon == "mmse", "qcs: recon=", recon,
+             " is not one of unbiased, mmse");
+  o.mmse = recon == "mmse";
+  o.shared = params.get_size("shared", o.shared ? 1 : 0, 0, 1) == 1;
   return std::make_unique<QcsCompressor>(o);
 }
 

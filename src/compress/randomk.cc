@@ -4,9 +4,10 @@
 // Works as follows. The positions come from a stream keyed by (seed, step, stream), so every
 // rank (and the decompressor) draws the same set without sending it: the payload is the k values
 // alone, in ascending position order, and payloads of different ranks line up elementwise, hence
-// summable. The set is drawn with Floyd's algorithm (k draws, see common/random.h). scale=1 multiplies
-// the decoded values by n/k, which makes the estimate unbiased; scale=0 (the default) leaves them
-// as they are, the usual choice under error feedback, where the residual keeps what was not sent.
+// summable. The set is drawn with Floyd's algorithm (k draws, see common/random.h). scale=1
+// multiplies the decoded values by n/k, which makes the estimate unbiased; scale=0 (the default)
+// leaves them as they are, the usual choice under error feedback, where the residual keeps what was
+// not sent.
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -58,6 +59,19 @@ class RandomkCompressor : public Compressor {
 
   bool summable() const override { return true; }
   size_t payload_bytes(size_t n) const override { return kept_count(density_, n) * sizeof(float); }
+  // scale=1 decodes n/k times the values sent: not the entries as they are.
+  bool sparsifier() const override { return !scale_; }
+  void kept_indices(const Payload& p, uint64_t step, uint64_t stream,
+                    std::vector<uint32_t>& out) const override {
+    DT_ENFORCE(!scale_, "randomk: scale=1 decodes scaled values, not a subset of the input");
+    out = draw(p.count, step, stream);
+  }
+  double density() const override { return density_; }
+  std::unique_ptr<Compressor> with_density(double density) const override {
+    auto copy = std::make_unique<RandomkCompressor>(density, seed_, scale_);
+    copy->set_worker(worker_);
+    return copy;
+  }
 
  private:
   std::vector<uint32_t> draw(size_t n, uint64_t step, uint64_t stream) const {
@@ -79,12 +93,9 @@ class RandomkCompressor : public Compressor {
 }  // namespace
 
 std::unique_ptr<Compressor> make_randomk(const Params& params) {
-  const double density = params.number("density");
-  if (!(density > 0 && density <= 1)) params.fail("density", "is outside (0, 1]");
-  const int64_t seed = params.integer("seed");
-  if (seed < 0) params.fail("seed", "is negative");
-  return std::make_unique<RandomkCompressor>(density, static_cast<uint64_t>(seed),
-                                             params.flag("scale"));
+  const double density = params.get_double("density", 0.01, 0, 1, /*lo_open=*/true);
+  const uint64_t seed = params.get_size("seed", 0, 0, std::numeric_limits<uint64_t>::max());
+  return std::make_unique<RandomkCompressor>(density, seed, params.get_size("scale", 0, 0, 1) == 1);
 }
 
 }  // namespace dtrain::compress::detail

@@ -30,6 +30,12 @@ Payload encode_sparse(std::span<const float> in, std::span<const uint32_t> indic
   return p;
 }
 
+void sparse_indices(const Payload& p, std::vector<uint32_t>& out) {
+  const size_t k = p.bytes.size() / (sizeof(uint32_t) + sizeof(float));
+  out.resize(k);
+  if (k > 0) std::memcpy(out.data(), p.bytes.data(), k * sizeof(uint32_t));
+}
+
 void decode_sparse(const Payload& p, std::span<float> out, bool accumulate, const char* compressor,
                    int sender) {
   check_output(p, out, compressor);

@@ -39,6 +39,11 @@ class ThresholdCompressor : public Compressor {
     DT_THROW(InvalidArgument,
              "threshold: the payload size depends on the data; use the payload's bytes.size()");
   }
+  bool sparsifier() const override { return true; }
+  void kept_indices(const Payload& p, uint64_t, uint64_t,
+                    std::vector<uint32_t>& out) const override {
+    sparse_indices(p, out);
+  }
 
  private:
   double lambda_;  // compared in double so the threshold is exactly the one named
@@ -48,9 +53,8 @@ class ThresholdCompressor : public Compressor {
 }  // namespace
 
 std::unique_ptr<Compressor> make_threshold(const Params& params) {
-  const double lambda = params.number("lambda");
-  if (!(lambda >= 0)) params.fail("lambda", "is negative");
-  return std::make_unique<ThresholdCompressor>(lambda);
+  return std::make_unique<ThresholdCompressor>(
+      params.get_double("lambda", 0.001, 0, std::numeric_limits<double>::infinity()));
 }
 
 }  // namespace dtrain::compress::detail

@@ -60,6 +60,17 @@ class TopkCompressor : public Compressor {
   size_t payload_bytes(size_t n) const override {
     return kept_count(density_, n) * (sizeof(uint32_t) + sizeof(float));
   }
+  bool sparsifier() const override { return true; }
+  void kept_indices(const Payload& p, uint64_t, uint64_t,
+                    std::vector<uint32_t>& out) const override {
+    sparse_indices(p, out);
+  }
+  double density() const override { return density_; }
+  std::unique_ptr<Compressor> with_density(double density) const override {
+    auto copy = std::make_unique<TopkCompressor>(density);
+    copy->set_worker(worker_);
+    return copy;
+  }
 
  private:
   double density_;
@@ -70,9 +81,8 @@ class TopkCompressor : public Compressor {
 }  // namespace
 
 std::unique_ptr<Compressor> make_topk(const Params& params) {
-  const double density = params.number("density");
-  if (!(density > 0 && density <= 1)) params.fail("density", "is outside (0, 1]");
-  return std::make_unique<TopkCompressor>(density);
+  return std::make_unique<TopkCompressor>(
+      params.get_double("density", 0.01, 0, 1, /*lo_open=*/true));
 }
 
 }  // namespace dtrain::compress::detail

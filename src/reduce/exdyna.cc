@@ -33,6 +33,7 @@
 #include "dtrain/collective/allreduce.h"
 #include "dtrain/common/bytes.h"
 #include "dtrain/common/error.h"
+#include "dtrain/reduce/exdyna_wire.h"
 #include "dtrain/reduce/params.h"
 
 namespace dtrain::reduce {
@@ -41,7 +42,7 @@ namespace {
 using collective::DataType;
 
 constexpr uint32_t kStateMagic = 0x45584459;  // "EXDY"
-constexpr uint32_t kStateVersion = 3;         // 3: block order; 2: velocity; 1 and 2 still read
+constexpr uint32_t kStateVersion = 4;  // 4: mean density; 3: block order; 2: velocity; all read
 
 template <typename Index>
 constexpr DataType index_dtype() {
@@ -53,7 +54,7 @@ constexpr DataType index_dtype() {
 ExDynaOptions parse_exdyna_options(const std::string& params) {
   const Params p = parse_params("exdyna", params,
                                 {"density", "blocks", "order", "up", "down", "band", "balance",
-                                 "fast", "lambda0", "levels", "spacing", "momentum"});
+                                 "fast", "lambda0", "levels", "spacing", "momentum", "warmup"});
   ExDynaOptions o;
   o.density = p.get_double("density", o.density, 0, 1, /*lo_open=*/true);
   o.blocks = p.get_size("blocks", o.blocks, 1, size_t{1} << 30);
@@ -70,6 +71,7 @@ ExDynaOptions parse_exdyna_options(const std::string& params) {
   o.levels = static_cast<int>(p.get_size("levels", static_cast<size_t>(o.levels), 1, 64));
   o.spacing = p.get_double("spacing", o.spacing, 1, 2, /*lo_open=*/true);
   o.momentum = p.get_double("momentum", o.momentum, 0, 1, false, /*hi_open=*/true);
+  o.warmup = p.get_size("warmup", o.warmup, 0, std::numeric_limits<size_t>::max());
   const std::string lambda0 = p.get_string("lambda0", "auto");
   if (lambda0 == "auto") {
     o.lambda0 = ExDynaOptions::kAutoLambda;
@@ -82,7 +84,7 @@ ExDynaOptions parse_exdyna_options(const std::string& params) {
 }
 
 ExDynaReducer::ExDynaReducer(comm::Group& group, ExDynaOptions options)
-    : group_(group), options_(options) {}
+    : group_(group), options_(options), density_(options.density) {}
 
 double ExDynaReducer::measured_threshold(const Bucket& b, int part) {
   // The (k/n)-th largest magnitude of this worker's partition, averaged over the workers.
@@ -95,7 +97,7 @@ double ExDynaReducer::measured_threshold(const Bucket& b, int part) {
   }
   double lambda = 0;
   if (!mag.empty()) {
-    const double want = options_.density * double(c.size()) / n;
+    const double want = density_ * double(c.size()) / n;
     const size_t kth = std::min(mag.size() - 1, static_cast<size_t>(std::max(want, 1.0)) - 1);
     std::nth_element(mag.begin(), mag.begin() + kth, mag.end(), std::greater<float>());
     lambda = mag[kth];
@@ -105,13 +107,18 @@ double ExDynaReducer::measured_threshold(const Bucket& b, int part) {
   ar.op = collective::ReduceOp::kAvg;
   collective::allreduce(ar);
   // An all-zero start would select everything: fall back to the spec's value.
-  return lambda > 0 ? lambda : exdyna::initial_threshold(options_.density, c.size());
+  return lambda > 0 ? lambda : exdyna::initial_threshold(density_, c.size());
 }
 
 void ExDynaReducer::begin_step(uint64_t step) {
   GradientReducer::begin_step(step);
+  if (figures_.d > 0) {  // the previous step's density joins the mean
+    density_sum_ += figures_.k_sent / figures_.d;
+    ++density_steps_;
+  }
   figures_ = {};
   partition_counts_.clear();
+  density_ = warmup_density(options_.density, options_.warmup, step);
 }
 
 void ExDynaReducer::on_layout(const Layout& previous) {
@@ -132,7 +139,7 @@ void ExDynaReducer::reduce(size_t index, std::span<float> grad) {
     b.residual.assign(grad.size(), 0.0f);
     if (options_.momentum > 0) b.velocity.assign(grad.size(), 0.0f);
     b.threshold = options_.lambda0 > 0    ? options_.lambda0
-                  : options_.lambda0 == 0 ? exdyna::initial_threshold(options_.density, grad.size())
+                  : options_.lambda0 == 0 ? exdyna::initial_threshold(density_, grad.size())
                                           : 0.0;  // measured on the first step (reduce_bucket)
     b.worker_counts.assign(group_.size(), 0);
     buckets_.push_back(std::move(b));
@@ -194,18 +201,12 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
   collective::AllgatherOptions ag(group_);
   ag.output = level_counts;
   collective::allgather(ag);
-  for (int w = 0; w < n; ++w) {
-    for (int j = 0; j < levels; ++j) {
-      const int64_t count = level_counts[static_cast<size_t>(w) * levels + j];
-      DT_ENFORCE_AS(ProtocolError, count >= 0 && static_cast<uint64_t>(count) <= d, "exdyna: rank ",
-                    w, " announced ", count, " indices for a bucket of ", d);
-    }
-  }
+  exdyna::check_level_counts(level_counts, levels, d);
   std::vector<int64_t> totals(levels, 0);
   for (int w = 0; w < n; ++w) {
     for (int j = 0; j < levels; ++j) totals[j] += level_counts[static_cast<size_t>(w) * levels + j];
   }
-  const int level = exdyna::nearest_level(totals, options_.density * static_cast<double>(d));
+  const int level = exdyna::nearest_level(totals, density_ * static_cast<double>(d));
   const float lambda = thresholds[level];
   if (level > 0) {
     std::erase_if(mine, [&](Index i) { return !(std::fabs(c[i]) >= lambda); });
@@ -235,16 +236,7 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
   agv.output = collective::View(all.data(), all.size(), index_dtype<Index>());
   collective::allgatherv(agv);
   // Each rank's indices must lie in the partition it owned: that is what makes U duplicate-free.
-  size_t at = 0;
-  for (int w = 0; w < n; ++w) {
-    const int owned = static_cast<int>((step % n + w) % n);
-    for (size_t j = at; j < at + static_cast<size_t>(counts[w]); ++j) {
-      DT_ENFORCE_AS(ProtocolError, all[j] < d && parts.owner(all[j]) == owned, "exdyna: rank ", w,
-                    " sent index ", all[j], " outside its partition ", owned, " (bucket of ", d,
-                    "; partitions disagree?)");
-    }
-    at += static_cast<size_t>(counts[w]);
-  }
+  exdyna::check_union<Index>(all, counts, parts, step);
 
   values_.resize(k_sent);
   for (size_t j = 0; j < k_sent; ++j) values_[j] = c[all[j]];
@@ -274,9 +266,8 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
   figures_.k_sent += static_cast<double>(k_sent);
   figures_.max_sum += static_cast<double>(n) * static_cast<double>(max_count);
   figures_.weighted_threshold += static_cast<double>(lambda) * static_cast<double>(d);
-  b.threshold = levels > 1
-                    ? static_cast<double>(lambda)
-                    : exdyna::next_threshold(b.threshold, k_sent, options_.density * d, options_);
+  b.threshold = levels > 1 ? static_cast<double>(lambda)
+                           : exdyna::next_threshold(b.threshold, k_sent, density_ * d, options_);
   parts.rebalance(partition_counts, options_.balance);
   partition_counts_.emplace_back(static_cast<size_t>(&b - buckets_.data()),
                                  std::move(partition_counts));
@@ -294,11 +285,13 @@ void ExDynaReducer::reduce_bucket(Bucket& b, std::span<float> grad, uint64_t ste
 std::vector<std::pair<std::string, double>> ExDynaReducer::step_metrics() const {
   if (figures_.d == 0) return {};
   const double k = figures_.k_sent;
-  return {{"density", k / figures_.d},
+  const double density = k / figures_.d;
+  return {{"density", density},
           {"density_target", options_.density},
           {"threshold", figures_.weighted_threshold / figures_.d},
           {"imbalance", k > 0 ? figures_.max_sum / k - 1.0 : 0.0},
-          {"k_sent", k}};
+          {"k_sent", k},
+          {"mean_density", (density_sum_ + density) / double(density_steps_ + 1)}};
 }
 
 std::vector<std::pair<std::string, std::vector<double>>> ExDynaReducer::step_vectors() const {
@@ -313,7 +306,8 @@ std::vector<std::pair<std::string, std::vector<double>>> ExDynaReducer::step_vec
 
 // Layout: magic, version, n, bucket count; per bucket: d, block size, block order and seed
 // (u32, u64; since version 3, before: contiguous), n + 1 boundaries, threshold, n worker counts,
-// d residual floats, u64 velocity size (0 or d; since version 2) and the velocity floats.
+// d residual floats, u64 velocity size (0 or d; since version 2) and the velocity floats; then
+// (since version 4) u64 steps and f64 sum of the per-step densities, the latest step included.
 std::vector<std::byte> ExDynaReducer::save_state() const {
   ByteWriter w;
   w.put(kStateMagic).put(kStateVersion);
@@ -328,6 +322,13 @@ std::vector<std::byte> ExDynaReducer::save_state() const {
     w.put_array(std::span<const float>(b.residual));
     w.put_vector(b.velocity);
   }
+  uint64_t steps = density_steps_;
+  double sum = density_sum_;
+  if (figures_.d > 0) {  // the latest step, as the next begin_step would add it
+    sum += figures_.k_sent / figures_.d;
+    ++steps;
+  }
+  w.put(steps).put(sum);
   return w.take();
 }
 
@@ -346,6 +347,9 @@ void ExDynaReducer::load_state(std::span<const std::byte> state) {
   for (uint64_t i = 0; i < count; ++i) {
     Bucket b;
     const auto d = r.get<uint64_t>("bucket size");
+    // The residual's d floats follow: a d the file cannot hold must not size the partitions.
+    DT_ENFORCE(d <= r.left() / sizeof(float), "exdyna state: bucket ", i, " claims ", d,
+               " elements, only ", r.left(), " bytes are left");
     const auto block_size = r.get<uint64_t>("block size");
     auto order = exdyna::BlockOrder::kContiguous;
     uint64_t seed = 0;
@@ -367,8 +371,16 @@ void ExDynaReducer::load_state(std::span<const std::byte> state) {
     }
     buckets.push_back(std::move(b));
   }
+  uint64_t steps = 0;
+  double sum = 0;
+  if (version >= 4) {
+    steps = r.get<uint64_t>("density steps");
+    sum = r.get<double>("density sum");
+  }
   r.finish();
   buckets_ = std::move(buckets);
+  density_steps_ = steps;
+  density_sum_ = sum;
   figures_ = {};
   partition_counts_.clear();
 }

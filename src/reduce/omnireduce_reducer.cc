@@ -55,20 +55,33 @@ std::vector<std::pair<std::string, double>> OmniReduceReducer::step_metrics() co
           {"local_density", double(last_local_) / double(last_blocks_)}};
 }
 
-std::unique_ptr<GradientReducer> make_omnireduce_reducer(const std::string& params,
-                                                         comm::Group& group) {
+void OmniReduceSettings::apply(sparse::OmniReduceOptions& o) const {
+  o.block = block;
+  o.aggregators = aggregators;
+  o.slots = slots;
+  o.blocks_per_message = fusion;
+}
+
+OmniReduceSettings parse_omnireduce_options(const std::string& params) {
   const Params p =
       parse_params("omnireduce", params, {"block", "aggregators", "colocate", "slots", "fusion"});
-  sparse::OmniReduceOptions o(group);
-  o.block = p.get_size("block", o.block, 1, size_t{1} << 24);
-  o.aggregators = static_cast<int>(p.get_size("aggregators", 0, 0, 1 << 16));
-  o.slots = static_cast<int>(p.get_size("slots", static_cast<size_t>(o.slots), 1, 1 << 16));
-  o.blocks_per_message = p.get_size("fusion", o.blocks_per_message, 1, size_t{1} << 16);
+  OmniReduceSettings s;
+  s.block = p.get_size("block", s.block, 1, size_t{1} << 24);
+  s.aggregators = static_cast<int>(p.get_size("aggregators", 0, 0, 1 << 16));
+  s.slots = static_cast<int>(p.get_size("slots", static_cast<size_t>(s.slots), 1, 1 << 16));
+  s.fusion = p.get_size("fusion", s.fusion, 1, size_t{1} << 16);
   const size_t colocate = p.get_size("colocate", 1, 0, 1);
   DT_ENFORCE(colocate == 1,
              "--reduce omnireduce: colocate=0 (dedicated aggregator ranks) is offered by `dtrain "
              "bench omnireduce --servers N`; training runs its aggregators inside the workers "
              "(colocate=1)");
+  return s;
+}
+
+std::unique_ptr<GradientReducer> make_omnireduce_reducer(const std::string& params,
+                                                         comm::Group& group) {
+  sparse::OmniReduceOptions o(group);
+  parse_omnireduce_options(params).apply(o);
   return std::make_unique<OmniReduceReducer>(group, o);
 }
 

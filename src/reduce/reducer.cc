@@ -1,5 +1,8 @@
 #include "dtrain/reduce/reducer.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "dtrain/collective/allreduce.h"
 #include "dtrain/common/error.h"
 #include "dtrain/reduce/compressed.h"
@@ -121,24 +124,68 @@ std::vector<std::string> reducer_names() {
   return names;
 }
 
-std::unique_ptr<GradientReducer> make_reducer(const std::string& spec, comm::Group& group) {
+namespace {
+
+// The one dispatch behind make_reducer and validate_reducer_spec: each reducer's spec is parsed
+// by its own parse function (the one its factory calls), so both paths throw the same errors.
+// Returns the reducer when given a group, else null once the spec has been checked.
+std::unique_ptr<GradientReducer> parse_reducer(const std::string& spec, comm::Group* group) {
   std::string name = spec.substr(0, spec.find(':'));
   if (name == "dense") {
     DT_ENFORCE(spec == "dense", "--reduce '", spec, "': dense takes no parameters");
-    return std::make_unique<DenseReducer>(group);
+    return group != nullptr ? std::make_unique<DenseReducer>(*group) : nullptr;
   }
   const std::string params =
       spec.find(':') == std::string::npos ? "" : spec.substr(spec.find(':') + 1);
-  if (name == "omnireduce") return make_omnireduce_reducer(params, group);
-  if (name == "exdyna") return make_exdyna_reducer(params, group);
-  if (name == "powersgd") return make_powersgd_reducer(params, group);
+  if (name == "omnireduce") {
+    if (group == nullptr) {
+      parse_omnireduce_options(params);
+      return nullptr;
+    }
+    return make_omnireduce_reducer(params, *group);
+  }
+  if (name == "exdyna") {
+    if (group == nullptr) {
+      parse_exdyna_options(params);
+      return nullptr;
+    }
+    return make_exdyna_reducer(params, *group);
+  }
+  if (name == "powersgd") {
+    if (group == nullptr) {
+      parse_powersgd_options(params);
+      return nullptr;
+    }
+    return make_powersgd_reducer(params, *group);
+  }
   for (const auto& n : compressed_reducer_names()) {
-    if (name == n) return make_compressed_reducer(spec, group);
+    if (name != n) continue;
+    if (group == nullptr) {
+      parse_compressed_spec(spec);
+      return nullptr;
+    }
+    return make_compressed_reducer(spec, *group);
   }
   std::string valid;
   for (const auto& n : reducer_names()) valid += (valid.empty() ? "" : ", ") + n;
   throw InvalidArgument("--reduce '" + spec + "': unknown reducer '" + name + "' (valid: " + valid +
                         ")");
+}
+
+}  // namespace
+
+std::unique_ptr<GradientReducer> make_reducer(const std::string& spec, comm::Group& group) {
+  return parse_reducer(spec, &group);
+}
+
+void validate_reducer_spec(const std::string& spec) {
+  parse_reducer(spec, nullptr);
+}
+
+double warmup_density(double target, uint64_t warmup, uint64_t step) {
+  const double start = std::max(kWarmupStart, target);
+  if (warmup == 0 || step >= warmup || start == target) return target;
+  return start * std::pow(target / start, static_cast<double>(step) / static_cast<double>(warmup));
 }
 
 }  // namespace dtrain::reduce

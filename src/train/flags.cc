@@ -68,6 +68,7 @@ void validate(const TrainOptions& o) {
   const auto reducers = reduce::reducer_names();
   DT_ENFORCE(std::find(reducers.begin(), reducers.end(), reducer) != reducers.end(), "--reduce '",
              o.reduce, "': unknown reducer '", reducer, "' (valid: ", join(reducers), ")");
+  reduce::validate_reducer_spec(o.reduce);  // its parameters, with make_reducer's messages
   const auto schedule = engine::Schedule::parse(o.schedule);
   DT_ENFORCE(schedule.kind != engine::Schedule::Kind::kMgwfbp || o.reduce == "dense",
              "--schedule mgwfbp plans the dense allreduce (its cost model times it); --reduce ",
@@ -79,6 +80,12 @@ void validate(const TrainOptions& o) {
     const std::string name = o.average.substr(0, o.average.find(':'));
     DT_ENFORCE(std::find(reducers.begin(), reducers.end(), name) != reducers.end(), "--average '",
                o.average, "': unknown reducer '", name, "' (valid: ", join(reducers), ")");
+    try {
+      reduce::validate_reducer_spec(o.average);
+    } catch (const InvalidArgument& e) {
+      throw InvalidArgument(detail::concat("--average ", o.average,
+                                           " (a reducer spec, as --reduce ", "takes): ", e.what()));
+    }
   }
   DT_ENFORCE(!algorithm.local || schedule.kind != engine::Schedule::Kind::kMgwfbp,
              "--schedule mgwfbp plans per-step gradient reduction; --algorithm ", o.algorithm,

@@ -16,8 +16,9 @@
 // all ranks draw the same random-k positions and a receiver regenerates a sender's QCS signs and
 // dither from (seed, bucket, step, stream, sender) instead of receiving them.
 //
-// Registry specs: "name" or "name:key=value,key=value"; the first parameter may be given without
-// its key ("topk:0.01"). Names and parameters (defaults in brackets):
+// Registry specs: "name" or "name:key=value,key=value", parsed by the tree's one spec parser
+// (reduce::parse_params, reduce/params.h); the first parameter may be given without its key
+// ("topk:0.01"). Names and parameters (defaults in brackets):
 //   none                                   float32 copy (summable, exact)
 //   fp16                                   IEEE half (summable as kFloat16; |x| >= 65520 -> inf)
 //   topk:density=[0.01]                    k = round(density n) largest |x|, ties to lower index
@@ -27,7 +28,9 @@
 //   qcs:bucket=[256],rows=[32],levels=[1],seed=[0],recon=[unbiased]|mmse,shared=[0]
 //                                          quantized compressive sampling, see compress/qcs.h
 // Exact a priori payload sizes (payload_size_fixed): all but threshold, whose size is
-// bytes.size() of the payload itself.
+// bytes.size() of the payload itself. Sparsifiers (sparsifier(): topk, threshold, randomk with
+// scale=0) send a subset of their input's entries as they are; reduce/compressed.h builds momentum
+// correction and density warm-up on that (kept_indices, density, with_density).
 //
 // Non-finite input: topk, threshold and qcs reject NaN/Inf with InvalidArgument naming the element
 // index (NaN breaks their selection or scale); none, fp16 and randomk pass values through
@@ -43,6 +46,10 @@
 #include <vector>
 
 #include "dtrain/collective/types.h"
+
+namespace dtrain::reduce {
+class Params;
+}
 
 namespace dtrain::compress {
 
@@ -71,6 +78,19 @@ class Compressor {
   // Exact payload size for n input elements; throws InvalidArgument when !payload_size_fixed().
   virtual size_t payload_bytes(size_t n) const = 0;
 
+  // True when a payload is a subset of the input's entries, decoded to exactly their values
+  // (zeros elsewhere): topk, threshold, randomk with scale=0.
+  virtual bool sparsifier() const { return false; }
+  // Sparsifiers: appends to `out` (cleared first) the indices payload `p` keeps, ascending, as
+  // decompress would place them (the same step and stream). InvalidArgument for the others.
+  virtual void kept_indices(const Payload& p, uint64_t step, uint64_t stream,
+                            std::vector<uint32_t>& out) const;
+  // The fraction of entries kept when it is fixed in advance (topk, randomk), else 0.
+  virtual double density() const { return 0; }
+  // A copy at another density in (0, 1] (same seed and worker), for density warm-up;
+  // InvalidArgument when density() is 0.
+  virtual std::unique_ptr<Compressor> with_density(double density) const;
+
   // The rank this compressor compresses for (keys per-worker randomness); default 0.
   void set_worker(int worker) { worker_ = worker; }
   int worker() const { return worker_; }
@@ -80,9 +100,16 @@ class Compressor {
 };
 
 std::vector<std::string> compressor_names();
+// The parameter keys of compressor `name`, in spec order (empty for none and fp16). Throws
+// InvalidArgument listing the valid names when `name` is unknown.
+std::vector<std::string> compressor_params(const std::string& name);
 // Builds a compressor from a spec (see above). Throws InvalidArgument listing the valid names,
-// or the valid parameters of that compressor, or naming the bad value.
+// or the valid parameters of that compressor, or naming the bad value ("compressor topk: ...").
 std::unique_ptr<Compressor> make_compressor(const std::string& spec);
+// Builds compressor `name` from parameters already parsed by reduce::parse_params, which may
+// hold other keys as well (a reducer parses its own and its compressor's in one pass); absent
+// keys take the defaults above. Throws InvalidArgument naming the bad value.
+std::unique_ptr<Compressor> make_compressor(const std::string& name, const reduce::Params& params);
 
 // Error feedback around a compressor, one residual r per stream (bucket):
 //   z = g + beta r;  payload = compress(z);  r_next = (1 - beta) r + (z - decompress(payload)).
@@ -94,8 +121,11 @@ class ErrorFeedback {
   explicit ErrorFeedback(std::unique_ptr<Compressor> compressor, double beta = 1.0);
 
   // Compresses g with the stream's residual folded in and updates the residual. A stream keeps
-  // the size of its first input; another size throws InvalidArgument.
-  Payload compress(std::span<const float> g, uint64_t step, uint64_t stream = 0);
+  // the size of its first input; another size throws InvalidArgument. `with`, when given,
+  // compresses and decodes in place of the wrapped compressor (a copy of it at another density:
+  // density warm-up); its worker must be set like the wrapped one's.
+  Payload compress(std::span<const float> g, uint64_t step, uint64_t stream = 0,
+                   Compressor* with = nullptr);
 
   Compressor& compressor() { return *compressor_; }
   const Compressor& compressor() const { return *compressor_; }

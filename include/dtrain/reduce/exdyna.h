@@ -65,11 +65,16 @@ struct ExDynaOptions {
   // masking), so a coordinate's delayed update is not amplified again by a momentum optimizer
   // that only sees it once. Train with --optimizer sgd then (the trainer refuses momentum twice).
   double momentum = 0;
+  // Density warm-up (DGC): for the first `warmup` steps the density aimed at is
+  // warmup_density(density, warmup, step) (reducer.h: 0.25 at step 0, falling geometrically to
+  // `density` at step `warmup`, about 1.4% a step for warmup=235 and density 0.01, which the
+  // threshold levels follow); 0 (the default): `density` from the start.
+  uint64_t warmup = 0;
 };
 
 // Parses what follows "exdyna:": "" (defaults), "0.01" (the density), or key=value pairs
 // "density=0.01,blocks=4096,order=interleaved|contiguous,up=1.005,down=0.995,band=1.1,balance=1.05,fast=1.1,lambda0=auto|spec|X,
-// levels=64,spacing=1.005,momentum=0". up, down, band and fast act only with levels=1.
+// levels=64,spacing=1.005,momentum=0,warmup=0". up, down, band and fast act only with levels=1.
 // Throws InvalidArgument naming the bad parameter or value and listing the valid ones.
 ExDynaOptions parse_exdyna_options(const std::string& params);
 
@@ -98,9 +103,11 @@ class ExDynaReducer : public GradientReducer {
   std::string name() const override { return "exdyna"; }
   std::vector<std::byte> save_state() const override;
   void load_state(std::span<const std::byte> state) override;
-  // Over the buckets of the latest step: "density" (k_sent / d), "density_target", "threshold"
-  // (the lambda used, size-weighted mean over buckets), "imbalance" (n * sum of the per-bucket
-  // maximum count / k_sent - 1) and "k_sent".
+  // Over the buckets of the latest step: "density" (k_sent / d), "density_target" (the
+  // configured density; during warm-up the step aims at step_density()), "threshold" (the
+  // lambda used, size-weighted mean over buckets), "imbalance" (n * sum of the per-bucket
+  // maximum count / k_sent - 1), "k_sent" and "mean_density" (the mean of "density" over the
+  // steps so far; kept in the state, so a resumed run continues it).
   std::vector<std::pair<std::string, double>> step_metrics() const override;
   // Every kPartitionCountsEvery steps: "partition_counts/<bucket>", the indices each partition
   // sent in the latest step (partition order, not rank order).
@@ -109,6 +116,8 @@ class ExDynaReducer : public GradientReducer {
   bool applies_momentum() const override { return options_.momentum > 0; }
 
   const ExDynaOptions& options() const { return options_; }
+  // The density the current step aims at (warm-up), else options().density.
+  double step_density() const { return density_; }
   size_t num_buckets() const { return buckets_.size(); }
   const Bucket& bucket(size_t i) const { return buckets_.at(i); }
 
@@ -121,6 +130,7 @@ class ExDynaReducer : public GradientReducer {
 
   comm::Group& group_;
   ExDynaOptions options_;
+  double density_ = 0;  // of the current step (warm-up)
   std::vector<Bucket> buckets_;
   // Scratch reused across calls: own and gathered indices (32-bit while d < 2^32), values.
   std::vector<uint32_t> mine32_, all32_;
@@ -129,6 +139,9 @@ class ExDynaReducer : public GradientReducer {
   struct StepFigures {
     double d = 0, k_sent = 0, max_sum = 0, weighted_threshold = 0;
   } figures_;
+  // The per-step densities of the steps before the latest: their count and sum.
+  uint64_t density_steps_ = 0;
+  double density_sum_ = 0;
   // (bucket, count per partition) of the latest step.
   std::vector<std::pair<size_t, std::vector<uint64_t>>> partition_counts_;
 };

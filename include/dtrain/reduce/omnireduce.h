@@ -33,8 +33,19 @@ class OmniReduceReducer : public GradientReducer {
   uint64_t last_blocks_ = 0, last_union_ = 0, last_local_ = 0;  // of the last finished step
 };
 
+// The spec's parameters (defaults as sparse::OmniReduceOptions's).
+struct OmniReduceSettings {
+  size_t block = 256;   // block=
+  int aggregators = 0;  // aggregators= (0: one per worker)
+  int slots = 2;        // slots=
+  size_t fusion = 256;  // fusion= (blocks_per_message)
+  void apply(sparse::OmniReduceOptions& o) const;
+};
+
 // Parses the parameters after "omnireduce:" ("" for the defaults). Throws InvalidArgument naming
 // the bad parameter and listing the valid ones.
+OmniReduceSettings parse_omnireduce_options(const std::string& params);
+// The reducer with those settings.
 std::unique_ptr<GradientReducer> make_omnireduce_reducer(const std::string& params,
                                                          comm::Group& group);
 

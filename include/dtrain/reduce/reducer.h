@@ -134,5 +134,18 @@ class DenseReducer : public GradientReducer {
 std::vector<std::string> reducer_names();
 // Builds a reducer from a spec like "dense". Throws InvalidArgument listing the valid names.
 std::unique_ptr<GradientReducer> make_reducer(const std::string& spec, comm::Group& group);
+// Parses and checks a spec as make_reducer does, through the same parsing functions, and throws
+// the same InvalidArgument, without a Group (the CLI checks --reduce before workers start).
+void validate_reducer_spec(const std::string& spec);
+
+// Density warm-up (Deep Gradient Compression), shared by the sparsifying reducers' `warmup=W`:
+// the density sent at step t is
+//   d(t) = d0 (target / d0)^(t / W)  for t < W,   target for t >= W (and when W = 0),
+// with d0 = max(kWarmupStart, target): a geometric interpolation from mildly sparse (a quarter
+// of the entries) at step 0 down to the target at step W, the same relative decrease every step
+// (a threshold-controlled reducer such as ExDyna can follow it). t is the step number the
+// reducer is given (begin_step), so a resumed run continues the same schedule.
+constexpr double kWarmupStart = 0.25;
+double warmup_density(double target, uint64_t warmup, uint64_t step);
 
 }  // namespace dtrain::reduce
