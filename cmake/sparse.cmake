@@ -4,6 +4,7 @@ target_sources(dtrain_core PRIVATE
   src/sparse/omnireduce.cc
   src/sparse/omnireduce_worker.cc
   src/sparse/omnireduce_aggregator.cc
+  src/sparse/omnireduce_wire.cc
   src/sparse/allgather_sparse.cc
 )
 if(BUILD_TESTING)

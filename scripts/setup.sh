@@ -11,6 +11,7 @@ core_pkgs=(
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   gnuplot-nox iproute2
+  clang libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes of the fuzz targets
 )
 torch_pkgs=(libtorch-dev libopenblas0-pthread dataset-fashion-mnist)
 

@@ -216,6 +216,36 @@ TEST_F(ReportTest, PlotsWithoutDataAreLeftOut) {
   for (const auto& f : files) EXPECT_EQ(f.find("phase_time"), std::string::npos) << f;
 }
 
+TEST_F(ReportTest, TimeToTargetColumnAndAccuracyVsTimePlot) {
+  write(fs::path(topk_) / "metrics.jsonl",
+        "{\"kind\":\"eval\",\"time_s\":2,\"test_accuracy\":0.6}\n"
+        "{\"kind\":\"eval\",\"time_s\":4,\"test_accuracy\":0.81}\n"
+        "{\"kind\":\"epoch\",\"time_s\":5,\"train_loss\":0.9,\"test_accuracy\":0.82,"
+        "\"bytes_sent\":1e6}\n"
+        "{\"kind\":\"final\",\"time_s\":5.5,\"test_accuracy\":0.82,\"target_accuracy\":0.8,"
+        "\"time_to_target_s\":5}\n");
+  const auto data = load_run(topk_);
+  ASSERT_EQ(data.evaluations.size(), 3u);
+  EXPECT_DOUBLE_EQ(data.evaluations[1].time_s, 4);
+  EXPECT_DOUBLE_EQ(data.evaluations[2].test_accuracy, 0.82);
+  const std::string table = format_table(load_runs({topk_, dense_}));
+  EXPECT_NE(table.find("to 80.0% s"), std::string::npos) << table;
+  EXPECT_NE(table.find("5.0"), std::string::npos) << table;
+  // The run without a target shows "-" in that column.
+  const std::string dense_row = table.substr(table.rfind('\n', table.size() - 2) + 1);
+  EXPECT_EQ(dense_row.substr(dense_row.find_last_not_of(" \n"), 1), "-") << table;
+  const std::string out = (fs::path(tmp_.path()) / "out").string();
+  try {
+    write_plots({topk_, dense_}, out);
+  } catch (const IoError& e) {
+    if (std::string(e.what()).find("gnuplot not found") != std::string::npos) {
+      GTEST_SKIP() << e.what();
+    }
+    throw;
+  }
+  EXPECT_GT(fs::file_size(fs::path(out) / "accuracy_vs_time.png"), 1000u);
+}
+
 TEST_F(ReportTest, MissingGnuplotIsNamed) {
   const char* old = std::getenv("PATH");
   std::string saved = old ? old : "";

@@ -275,6 +275,39 @@ TEST_P(Resume, InterruptedAndResumedEqualsUninterrupted) {
   EXPECT_EQ(parts_final["rounds"], whole_final["rounds"]);
 }
 
+// The checkpoint's envelope: a flipped byte or a cut file is named before LibTorch reads it.
+TEST(BadInput, DamagedCheckpointIsNamed) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
+  TempDir dir;
+  auto o = small_run("logreg");
+  o.train_subset = 1000;
+  o.max_steps = 2;
+  o.out_dir = dir.path() + "/run";
+  train_on_threads(1, o);
+  const std::string path = o.out_dir + "/checkpoint.pt";
+  ASSERT_EQ(train::load_checkpoint_parameters(path).size(), 2u);
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  auto error_for = [&](const std::string& content) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
+    try {
+      train::load_checkpoint_parameters(path);
+    } catch (const IoError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::string flipped = bytes;
+  flipped[flipped.size() / 2] ^= 0x10;
+  EXPECT_NE(error_for(flipped).find("checksum"), std::string::npos) << error_for(flipped);
+  EXPECT_NE(error_for(flipped).find(path), std::string::npos);
+  EXPECT_NE(error_for(bytes.substr(0, bytes.size() - 100)).find("truncated"), std::string::npos)
+      << error_for(bytes.substr(0, bytes.size() - 100));
+}
+
 TEST(BadInput, ResumeWithAnotherOptimizerIsNamed) {
   if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
   TempDir dir;

@@ -33,33 +33,38 @@ std::string base_name(const std::string& dir) {
   return p.filename().string();
 }
 
-json read_config(const fs::path& file) {
-  std::ifstream in(file);
-  if (!in) DT_THROW(IoError, "cannot read ", file.string());
+json parse_config_json(std::istream& in, const std::string& file) {
   try {
     json config = json::parse(in);
-    if (!config.is_object()) DT_THROW(InvalidArgument, file.string(), ": not a JSON object");
+    if (!config.is_object()) DT_THROW(InvalidArgument, file, ": not a JSON object");
     return config;
-  } catch (const json::parse_error& e) {
-    DT_THROW(InvalidArgument, file.string(), ": malformed JSON: ", e.what());
+  } catch (const json::exception& e) {
+    // Not only parse_error: a number beyond double (1e999) is an out_of_range from the parser.
+    DT_THROW(InvalidArgument, file, ": malformed JSON: ", e.what());
   }
 }
 
 // A config entry as text: "-" when missing, numbers as written.
-std::string config_text(const json& config, const char* key, const fs::path& file) {
+std::string config_text(const json& config, const char* key, const std::string& file) {
   auto it = config.find(key);
   if (it == config.end() || it->is_null()) return "-";
   if (it->is_string()) return it->get<std::string>();
   if (it->is_number() || it->is_boolean()) return it->dump();
-  DT_THROW(InvalidArgument, file.string(), ": \"", key, "\" should be a string, got ", it->dump());
+  DT_THROW(InvalidArgument, file, ": \"", key, "\" should be a string, got ", it->dump());
 }
 
-int config_int(const json& config, const char* key, const fs::path& file) {
+int config_int(const json& config, const char* key, const std::string& file) {
   auto it = config.find(key);
   if (it == config.end() || it->is_null()) return 0;
-  if (!it->is_number_integer()) {
-    DT_THROW(InvalidArgument, file.string(), ": \"", key, "\" should be an integer, got ",
-             it->dump());
+  // An integer beyond int (JSON allows any) is refused rather than wrapped.
+  const bool in_range =
+      (it->is_number_unsigned() &&
+       it->get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int>::max())) ||
+      (it->is_number_integer() && !it->is_number_unsigned() &&
+       it->get<int64_t>() >= std::numeric_limits<int>::min() &&
+       it->get<int64_t>() <= std::numeric_limits<int>::max());
+  if (!in_range) {
+    DT_THROW(InvalidArgument, file, ": \"", key, "\" should be an integer, got ", it->dump());
   }
   return it->get<int>();
 }
@@ -81,6 +86,10 @@ double number(const json& record, const char* key, const std::string& where, boo
 EpochRecord parse_epoch(const json& r, const std::string& where, int index) {
   EpochRecord e;
   double epoch = number(r, "epoch", where, false);
+  // Converting a double outside int's range is undefined: such an epoch is a malformed record.
+  if (!std::isnan(epoch) && !(epoch >= 0 && epoch <= std::numeric_limits<int>::max())) {
+    DT_THROW(InvalidArgument, where, ": \"epoch\" should be a count, got ", epoch);
+  }
   e.epoch = std::isnan(epoch) ? index : static_cast<int>(epoch);
   e.time_s = number(r, "time_s", where, true);
   e.train_loss = number(r, "train_loss", where, false);
@@ -98,17 +107,24 @@ EpochRecord parse_epoch(const json& r, const std::string& where, int index) {
   return e;
 }
 
-void read_metrics(const fs::path& file, RunData& run) {
-  std::ifstream in(file);
-  if (!in) DT_THROW(IoError, "cannot read ", file.string());
+std::string fixed(double v, int decimals, const char* suffix = "") {
+  if (std::isnan(v)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*f%s", decimals, v, suffix);
+  return buf;
+}
+
+}  // namespace
+
+void parse_metrics(std::istream& in, const std::string& file, RunData& run) {
   std::string line;
   for (int line_no = 1; std::getline(in, line); ++line_no) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = file.string() + ":" + std::to_string(line_no);
+    const std::string where = file + ":" + std::to_string(line_no);
     json r;
     try {
       r = json::parse(line);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for 1e999
       DT_THROW(InvalidArgument, where, ": malformed JSON: ", e.what());
     }
     if (!r.is_object() || !r.contains("kind") || !r["kind"].is_string()) {
@@ -119,24 +135,31 @@ void read_metrics(const fs::path& file, RunData& run) {
       run.steps.push_back({number(r, "time_s", where, true), number(r, "loss", where, true)});
     } else if (kind == "epoch") {
       run.epochs.push_back(parse_epoch(r, where, static_cast<int>(run.epochs.size())));
+      run.evaluations.push_back({run.epochs.back().time_s, run.epochs.back().test_accuracy});
+    } else if (kind == "eval") {
+      run.evaluations.push_back(
+          {number(r, "time_s", where, true), number(r, "test_accuracy", where, true)});
     } else if (kind == "final") {
       run.final = FinalRecord{
           number(r, "time_s", where, true), number(r, "test_accuracy", where, true),
           number(r, "samples_per_s", where, false), number(r, "bytes_sent", where, false)};
+      run.summary.target_accuracy = number(r, "target_accuracy", where, false);
+      run.summary.time_to_target_s = number(r, "time_to_target_s", where, false);
     }
     // Other kinds are newer trainers' additions; a report does not need them.
   }
-  if (in.bad()) DT_THROW(IoError, "error reading ", file.string());
+  if (in.bad()) DT_THROW(IoError, "error reading ", file);
 }
 
-std::string fixed(double v, int decimals, const char* suffix = "") {
-  if (std::isnan(v)) return "-";
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.*f%s", decimals, v, suffix);
-  return buf;
+void parse_config(std::istream& in, const std::string& file, RunSummary& s) {
+  const json config = parse_config_json(in, file);
+  s.name = config_text(config, "name", file);
+  s.model = config_text(config, "model", file);
+  s.reduce = config_text(config, "reduce", file);
+  s.schedule = config_text(config, "schedule", file);
+  s.workers = config_int(config, "workers", file);
+  s.algorithm = config_text(config, "algorithm", file);
 }
-
-}  // namespace
 
 RunData load_run(const std::string& dir) {
   const fs::path root(dir);
@@ -147,17 +170,19 @@ RunData load_run(const std::string& dir) {
   if (!fs::exists(metrics_file)) DT_THROW(IoError, "missing ", metrics_file.string());
 
   RunData run;
-  const json config = read_config(config_file);
   RunSummary& s = run.summary;
+  {
+    std::ifstream in(config_file);
+    if (!in) DT_THROW(IoError, "cannot read ", config_file.string());
+    parse_config(in, config_file.string(), s);
+  }
   s.dir = dir;
-  s.name = config_text(config, "name", config_file);
   if (s.name == "-" || s.name.empty()) s.name = base_name(dir);
-  s.model = config_text(config, "model", config_file);
-  s.reduce = config_text(config, "reduce", config_file);
-  s.schedule = config_text(config, "schedule", config_file);
-  s.workers = config_int(config, "workers", config_file);
-
-  read_metrics(metrics_file, run);
+  {
+    std::ifstream in(metrics_file);
+    if (!in) DT_THROW(IoError, "cannot read ", metrics_file.string());
+    parse_metrics(in, metrics_file.string(), run);
+  }
   if (run.epochs.empty()) {
     DT_THROW(InvalidArgument, "run ", dir, " has no epoch record in ", metrics_file.string(),
              " (did it finish an epoch?)");
@@ -182,18 +207,36 @@ std::string format_table(const std::vector<RunSummary>& runs) {
   static constexpr size_t kTextColumns = 4;  // left-aligned; the numbers after are right-aligned
   std::vector<std::vector<std::string>> rows = {{"run", "model", "reduce", "schedule", "workers",
                                                  "epochs", "test acc %", "time s", "MB sent/rank",
-                                                 "samples/s", "vs first"}};
+                                                 "samples/s", "vs first", "to target s"}};
+  bool any_target = false;
+  for (const auto& r : runs) any_target |= !std::isnan(r.target_accuracy);
   const double first_time = runs.empty() ? kNaN : runs.front().time_s;
   for (const auto& r : runs) {
     double ratio = first_time > 0 ? r.time_s / first_time : kNaN;
     const double mb = r.bytes_sent / 1e6;  // small figures keep 3 significant digits
-    rows.push_back({r.name, r.model, r.reduce, r.schedule,
+    const std::string reduce =
+        r.algorithm == "-" || r.algorithm == "sync" ? r.reduce : r.reduce + ", " + r.algorithm;
+    rows.push_back({r.name, r.model, reduce, r.schedule,
                     r.workers > 0 ? std::to_string(r.workers) : "-", std::to_string(r.epochs),
                     fixed(100 * r.final_accuracy, 2), fixed(r.time_s, 1),
                     fixed(mb, mb >= 10  ? 1
                               : mb >= 1 ? 2
                                         : 3),
-                    fixed(r.samples_per_s, 0), fixed(ratio, 2, "x")});
+                    fixed(r.samples_per_s, 0), fixed(ratio, 2, "x"),
+                    std::isnan(r.target_accuracy)    ? "-"
+                    : std::isnan(r.time_to_target_s) ? "not reached"
+                                                     : fixed(r.time_to_target_s, 1)});
+    if (!any_target) rows.back().pop_back();
+  }
+  if (!any_target) {
+    rows[0].pop_back();
+  } else {
+    for (const auto& r : runs) {
+      if (!std::isnan(r.target_accuracy)) {
+        rows[0].back() = "to " + fixed(100 * r.target_accuracy, 1) + "% s";
+        break;
+      }
+    }
   }
   std::vector<size_t> width(rows[0].size(), 0);
   for (const auto& row : rows) {

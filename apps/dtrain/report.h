@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <iosfwd>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -26,7 +28,17 @@ struct RunSummary {
   double time_s = 0;
   double bytes_sent = 0;  // by rank 0
   double samples_per_s = 0;
-  int epochs = 0;  // epoch records present
+  int epochs = 0;         // epoch records present
+  std::string algorithm;  // "sync", "local:H=8", ... ("-" in older runs)
+  // Time to accuracy (--target-accuracy): the target and the training time it was reached at;
+  // NaN when the run had no target or never reached it (target set, time NaN).
+  double target_accuracy = std::numeric_limits<double>::quiet_NaN();
+  double time_to_target_s = std::numeric_limits<double>::quiet_NaN();
+};
+
+// A test-set evaluation ("eval" records and epoch ends), in the order they ran.
+struct EvalRecord {
+  double time_s, test_accuracy;
 };
 
 // Records of metrics.jsonl. Numbers a record leaves out (or writes as null) are NaN.
@@ -48,8 +60,17 @@ struct RunData {
   RunSummary summary;
   std::vector<StepRecord> steps;
   std::vector<EpochRecord> epochs;  // at least one
+  std::vector<EvalRecord> evaluations;
   std::optional<FinalRecord> final;
 };
+
+// The parsers behind load_run, over streams; `file` names the source in errors
+// ("DIR/metrics.jsonl"). parse_metrics appends the records of a metrics.jsonl to `run` and throws
+// InvalidArgument naming file:line of a malformed record (IoError when the stream fails).
+// parse_config fills name, model, reduce, schedule and workers from a config.json and throws
+// InvalidArgument naming the file.
+void parse_metrics(std::istream& in, const std::string& file, RunData& run);
+void parse_config(std::istream& in, const std::string& file, RunSummary& summary);
 
 // Parses and validates one run directory. Throws IoError naming a missing directory or file,
 // InvalidArgument naming file:line of a malformed record, or the directory when it has no epoch

@@ -162,6 +162,22 @@ Plot accuracy_plot(const std::vector<RunData>& runs, const std::vector<std::stri
       "with linespoints linewidth 2 pointtype 7 pointsize 1.3");
 }
 
+// Test accuracy against training time, at every evaluation (--eval-every and epoch ends): the
+// time-to-accuracy race.
+Plot accuracy_time_plot(const std::vector<RunData>& runs, const std::vector<std::string>& names) {
+  std::vector<std::vector<std::pair<double, double>>> points(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    for (const auto& e : runs[i].evaluations) {
+      if (std::isfinite(e.time_s)) points[i].push_back({e.time_s, 100 * e.test_accuracy});
+    }
+  }
+  return line_plot("accuracy_vs_time", names, points,
+                   "set title 'Test accuracy vs training time (evaluations excluded)'\n"
+                   "set xlabel 'training time (s)'\n"
+                   "set ylabel 'test accuracy (%)'\n",
+                   "with linespoints linewidth 2 pointtype 7 pointsize 0.8");
+}
+
 // Stacked bars, one per run, of each phase's time summed over the epochs.
 Plot phase_plot(const std::vector<RunData>& runs, const std::vector<std::string>& names) {
   Plot p{"phase_time", "# run", ""};
@@ -305,7 +321,8 @@ std::vector<std::string> write_plots(const std::vector<std::string>& dirs,
   const auto names = labels(runs);
 
   std::vector<Plot> plots;
-  for (Plot p : {loss_plot(runs, names), accuracy_plot(runs, names), phase_plot(runs, names)}) {
+  for (Plot p : {loss_plot(runs, names), accuracy_plot(runs, names),
+                 accuracy_time_plot(runs, names), phase_plot(runs, names)}) {
     if (!p.stem.empty()) plots.push_back(std::move(p));
   }
 

@@ -222,21 +222,15 @@ void Group::control_loop() {
         if (stopping_) return;
       }
       if (!ok) continue;
-      ControlMsg msg;
-      std::memcpy(&msg, control_in_.data(), sizeof(msg));
-      if (msg.type == ControlMsg::kPing) {
-        answer_probe(src, msg.nonce);
+      // Peer bytes: decoded (kind, culprit and message made safe) before anything acts on them.
+      const auto msg = internal::decode_control(control_in_, size_);
+      if (!msg) continue;
+      if (msg->type == ControlMsg::kPing) {
+        answer_probe(src, msg->nonce);
         continue;
       }
-      if (msg.type != ControlMsg::kFailure) continue;
-      msg.message[sizeof(msg.message) - 1] = '\0';
-      auto kind = static_cast<FailKind>(msg.kind);
-      if (kind != FailKind::kIo && kind != FailKind::kTimeout && kind != FailKind::kProtocol &&
-          kind != FailKind::kInvalid) {
-        kind = FailKind::kProtocol;
-      }
-      const int culprit = msg.culprit >= 0 && msg.culprit < size_ ? msg.culprit : -1;
-      on_remote_notice(src, kind, culprit, msg.message);
+      if (msg->type != ControlMsg::kFailure) continue;
+      on_remote_notice(src, static_cast<FailKind>(msg->kind), msg->culprit, msg->message);
     }
   } catch (const std::exception&) {
     // The control channel broke (a peer went away); data waits still fail on their own.
@@ -301,10 +295,11 @@ std::optional<std::vector<int>> Group::probe(int peer, Millis window) {
         std::erase(waiters_, &waiter);
       }
       if (!ok || waiter.reason != Waiter::Reason::kNone) break;
-      ControlMsg pong;
-      std::memcpy(&pong, in->data(), sizeof(pong));
-      if (pong.type == ControlMsg::kPong && pong.nonce == nonce) {
-        answer = std::vector<int>(pong.waiting_on, pong.waiting_on + pong.count);
+      // A pong's count and ranks are checked by the decoder (a count past the array was read
+      // past it before).
+      const auto pong = internal::decode_control(*in, size_);
+      if (pong && pong->type == ControlMsg::kPong && pong->nonce == nonce) {
+        answer = std::vector<int>(pong->waiting_on, pong->waiting_on + pong->count);
       }
     }
   } catch (const std::exception&) {

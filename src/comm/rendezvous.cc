@@ -8,6 +8,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <random>
 #include <thread>
@@ -251,16 +252,31 @@ Record join_record(const Member& m) {
           {"job", m.job}};
 }
 
+// a - b, saturated: both may come from a record in the store.
+long long minus(long long a, long long b) {
+  long long out;
+  if (!__builtin_sub_overflow(a, b, &out)) return out;
+  return b < 0 ? std::numeric_limits<long long>::max() : std::numeric_limits<long long>::min();
+}
+
+}  // namespace
+
+// Records in the store are bytes another process wrote (or anything else that shares the store):
+// every number is range-checked before it becomes an int.
 std::optional<Member> member_of(const Record& r) {
+  constexpr long long kMaxInt = std::numeric_limits<int>::max();
+  const long long rank = number(r, "rank", -1);
+  const long long size = number(r, "size", 0);
+  if (rank < 0 || rank > kMaxInt || size < 1 || size > kMaxInt) return std::nullopt;
   Member m;
-  m.rank = static_cast<int>(number(r, "rank", -1));
-  m.size = static_cast<int>(number(r, "size", 0));
+  m.rank = static_cast<int>(rank);
+  m.size = static_cast<int>(size);
   m.host = field(r, "host");
   m.pid = number(r, "pid", 0);
   m.token = field(r, "token");
   m.build = field(r, "build");
   m.job = field(r, "job");
-  if (m.rank < 0 || m.size < 1 || m.token.empty()) return std::nullopt;
+  if (m.token.empty()) return std::nullopt;
   return m;
 }
 
@@ -269,13 +285,21 @@ std::string describe_session(const Record& session, const std::string& what) {
   Member opener;
   opener.host = field(session, "host");
   opener.pid = number(session, "pid", 0);
-  const long long age = wall_ms() - number(session, "created_ms", wall_ms());
-  const long long expired = age - number(session, "timeout_ms", age);
+  const long long now = wall_ms();
+  const long long age = minus(now, number(session, "created_ms", now));
+  const long long expired = minus(age, number(session, "timeout_ms", age));
   return detail::concat("rank 0 (", opener.who(), ") opened ", what, " ", seconds(age),
                         " ago (world size ", field(session, "size"),
                         expired > 0 ? detail::concat("; expired ", seconds(expired), " ago") : "",
                         ")");
 }
+
+int roster_culprit(const Record& roster, int size) {
+  const long long culprit = number(roster, "culprit", -1);
+  return culprit >= 0 && culprit < size ? static_cast<int>(culprit) : -1;
+}
+
+namespace {
 
 // Rank 0: a session that another process has replaced is not ours any more.
 void check_still_ours(Store& store, const MeetOptions& o, const std::string& id) {
@@ -397,7 +421,7 @@ Meeting follow(Store& store, const MeetOptions& o, const Member& me) {
     if (!meeting.prefix.empty()) {
       if (auto roster = read_record(store, meeting.prefix + "/roster")) {
         if (field(*roster, "token." + my) == me.token) {
-          const int culprit = static_cast<int>(number(*roster, "culprit", -1));
+          const int culprit = roster_culprit(*roster, o.size);
           if (field(*roster, "status") != "ok") {
             throw GroupError<InvalidArgument>(
                 detail::concat(o.where, ": ", field(*roster, "error"), " (found by rank 0)"),

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -53,5 +54,14 @@ std::string join_key(const Meeting& meeting, int rank);
 // a record larger than any dtrain writes is refused (empty result), so a record of another program
 // or an older format reads as incomplete rather than as anything else.
 std::map<std::string, std::string> parse_record(std::string_view text);
+
+// Decoders of parsed records, which any process sharing the store may have written: they accept
+// any record. A join record's member (nullopt unless rank is in [0, 2^31), size in [1, 2^31) and
+// the token is not empty); a session record described for an error message (ages saturate);
+// the culprit a roster names (-1 unless a rank of a group of `size`).
+std::optional<Member> member_of(const std::map<std::string, std::string>& record);
+std::string describe_session(const std::map<std::string, std::string>& session,
+                             const std::string& what);
+int roster_culprit(const std::map<std::string, std::string>& roster, int size);
 
 }  // namespace dtrain::comm::internal

@@ -4,9 +4,11 @@
 //      rejected, since it means the stream is mislabeled or its gzip header is damaged.
 //   2. The magic number is 4 bytes: two zeros, the element type code, the number of dims. Then
 //      come the dims, each a big-endian uint32, then the payload of prod(dims) elements.
-//   3. The payload is read in fixed-size chunks rather than allocated up front, so a damaged
-//      header that declares terabytes fails as "truncated" after reading what the file holds,
-//      instead of exhausting memory first.
+//   3. The payload is read in chunks rather than allocated up front, so a damaged header that
+//      declares terabytes fails as "truncated" after reading what the file holds, instead of
+//      exhausting memory first. The chunks start small and double (up to 16 MiB), so what is
+//      allocated stays within about twice what the file holds: a 12-byte file that declares
+//      60000x28x28 costs 64 KiB, not 16 MiB zeroed and 64 MiB reserved.
 //   4. After the payload the stream must be at its end; extra bytes mean the dims do not describe
 //      the file (a wrong file, or a concatenation) and are an error rather than silently dropped.
 // zlib reports a corrupt or cut-off gzip stream either as a failed gzread or as a "soft" error
@@ -29,7 +31,8 @@ namespace dtrain::data {
 
 namespace {
 
-constexpr size_t kChunkBytes = size_t{16} << 20;  // payload read granularity
+constexpr size_t kFirstChunkBytes = size_t{64} << 10;  // payload read granularity: the first
+constexpr size_t kChunkBytes = size_t{16} << 20;       // chunk, doubling up to this
 constexpr unsigned kGzBufferBytes = 256u << 10;   // zlib's input buffer; its default is 8 KiB
 
 struct GzCloser {
@@ -167,15 +170,15 @@ IdxArray read_idx(const std::string& path) {
     }
   }
 
-  out.data.reserve(std::min(expected, 4 * kChunkBytes));
   got = 0;
-  while (got < expected) {
-    size_t want = std::min(expected - got, kChunkBytes);
+  for (size_t chunk = kFirstChunkBytes; got < expected; chunk = std::min(2 * chunk, kChunkBytes)) {
+    size_t want = std::min(expected - got, chunk);
     out.data.resize(got + want);
     size_t n = read_bytes(file, path, out.data.data() + got, want);
     got += n;
     if (n < want) break;
   }
+  out.data.resize(got);
   if (got < expected) {
     DT_THROW(IoError, path, " is truncated: expected ", expected, " bytes of data, found ", got);
   }

@@ -39,8 +39,10 @@ Layout::Layout(size_t n_, size_t block_, size_t columns_, int workers_, int aggr
       aggregators(aggregators_),
       servers(servers_),
       slots(slots_) {
-  blocks = n == 0 ? 0 : (n + block - 1) / block;
-  const uint64_t rows = (blocks + columns - 1) / columns;
+  // Rounded up without n + block - 1, which wraps for an n near 2^64 (a dedicated aggregator
+  // takes n from rank 0's call descriptor).
+  blocks = n / block + (n % block != 0);
+  const uint64_t rows = blocks / columns + (blocks % columns != 0);
   const uint64_t lane_count = static_cast<uint64_t>(aggregators) * slots;
   lanes = std::min(rows, lane_count);
   stride = lane_count * columns;

@@ -25,6 +25,7 @@ struct Inbox {
   size_t contributed = 0;  // blocks in the request of this round
   size_t used = 0;         // of those, already summed
   bool expected = false;   // a receive is posted for this round
+  std::vector<uint64_t> next;  // the look-aheads the request carries (decoded, checked)
 };
 
 struct AggregatorLane {
@@ -94,13 +95,19 @@ class Aggregator {
     return comm::Group::slot(ctx_.tag, Layout::request_sub(a.lane));
   }
 
-  [[noreturn]] void bad_pointer(const AggregatorLane& a, int w, size_t c, uint64_t p,
-                                uint64_t after) {
-    g_.fail(comm::Group::FailKind::kProtocol, w,
-            dtrain::detail::concat("omnireduce (tag ", ctx_.tag, "): rank ", w, " sent look-ahead ",
-                                   p, " for column ", c, " of lane ", a.lane, " in round ", a.round,
-                                   " to aggregator rank ", me_,
-                                   ", not a block of that column after ", after));
+  // Checks worker w's request of this round before anything follows its pointers.
+  void decode(AggregatorLane& a, int w) {
+    Inbox& in = a.inbox[w];
+    const size_t bytes = a.round == 0 ? l_.first_request_bytes() : l_.request_bytes(in.contributed);
+    in.next.resize(l_.columns);
+    try {
+      decode_request(l_, a.lane, a.round, a.target,
+                     std::span<const uint64_t>(&ahead(a, w, 0), l_.columns),
+                     std::as_bytes(std::span(in.message.get(), bytes / sizeof(float))),
+                     {ctx_.tag, w, me_}, in.next);
+    } catch (const ProtocolError& e) {
+      g_.fail(comm::Group::FailKind::kProtocol, w, e.what());
+    }
   }
 
   void drain(AggregatorLane& a, int b) {
@@ -119,6 +126,7 @@ class Aggregator {
       in.used = 0;
       counters_.bytes_received +=
           a.round == 0 ? l_.first_request_bytes() : l_.request_bytes(in.contributed);
+      decode(a, w);
     }
     const int b = static_cast<int>(a.round % 2);
     drain(a, b);
@@ -127,11 +135,7 @@ class Aggregator {
     size_t active = 0;
     if (a.round == 0) {
       for (int w : remote_) {
-        for (size_t c = 0; c < l_.columns; ++c) {
-          const uint64_t p = get_u64(a.inbox[w].message, c);
-          if (!l_.valid_pointer(a.lane, c, p, kEnd)) bad_pointer(a, w, c, p, kEnd);
-          ahead(a, w, c) = p;
-        }
+        for (size_t c = 0; c < l_.columns; ++c) ahead(a, w, c) = a.inbox[w].next[c];
       }
     } else {
       for (size_t c = 0; c < l_.columns; ++c) {
@@ -189,11 +193,9 @@ class Aggregator {
         ahead(a, w, c) = ctx_.next_nonzero(t + l_.stride, counters_.blocks_nonzero);
       } else {
         Inbox& in = a.inbox[w];
-        const uint64_t p = get_u64(in.message, in.used);
-        if (!l_.valid_pointer(a.lane, c, p, t)) bad_pointer(a, w, c, p, t);
         block = in.message.get() + 2 * in.contributed + in.used * l_.block;
         ++in.used;
-        ahead(a, w, c) = p;
+        ahead(a, w, c) = in.next[c];  // checked by decode()
       }
       for (size_t i = 0; i < l_.block; ++i) acc_[i] += block[i];
     }

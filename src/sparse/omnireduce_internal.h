@@ -115,6 +115,35 @@ inline void put_u64(Message& m, size_t i, uint64_t v) {
   std::memcpy(reinterpret_cast<std::byte*>(m.get()) + i * sizeof(uint64_t), &v, sizeof(v));
 }
 
+// Decoders of the two messages, pure functions of the bytes and of state both ends share (the
+// layout, the lane's targets, the sender's look-aheads as the receiver knows them). Each checks
+// the size and every pointer a peer sent before anything uses them, and throws ProtocolError,
+// whose text the caller fails the group with, naming the peer, column, lane and round.
+struct WireParty {
+  uint64_t tag = 0;  // of the call, for messages
+  int from = 0;      // the rank that sent the bytes
+  int me = 0;        // the rank decoding them
+};
+
+// A worker's request of `round` to the aggregator of `lane`, which holds the round's targets
+// (kEnd: column finished; unused in round 0) and the worker's look-ahead per column, `ahead`.
+// Round 0 carries a look-ahead for every column (first_request_bytes); round k > 0 one for each
+// column whose target equals the worker's look-ahead, in column order, each kEnd or a later
+// block of that column than the target, then those columns' blocks (request_bytes). `next`
+// (columns entries) receives the worker's new look-aheads: `ahead` where it did not contribute.
+void decode_request(const Layout& l, uint64_t lane, uint64_t round,
+                    std::span<const uint64_t> target, std::span<const uint64_t> ahead,
+                    std::span<const std::byte> msg, const WireParty& who, std::span<uint64_t> next);
+
+// An aggregator's reply of `round` for `lane` to a worker that holds `target` (the targets the
+// reply sums; kEnd everywhere before round 0's reply) and its own look-aheads `ahead`: the next
+// targets, each kEnd or a block of its column after the current target and not past the worker's
+// look-ahead (a target is a minimum), and kEnd for a finished column; then one summed block per
+// column whose current target is not kEnd (reply_bytes). `next` receives the next targets.
+void decode_reply(const Layout& l, uint64_t lane, uint64_t round, std::span<const uint64_t> target,
+                  std::span<const uint64_t> ahead, std::span<const std::byte> msg,
+                  const WireParty& who, std::span<uint64_t> next);
+
 struct Counters {
   uint64_t blocks_nonzero = 0;  // of this rank's input, in the lanes this thread walks
   uint64_t blocks_union = 0;

@@ -108,19 +108,14 @@ class Worker {
     counters_.bytes_received += l_.reply_bytes(w.active);
     // Check the next targets before touching anything: each is kEnd or a later block of its
     // column, and none lies past this worker's own look-ahead (a target is a minimum).
-    for (size_t c = 0; c < l_.columns; ++c) {
-      const uint64_t next = get_u64(w.reply, c);
-      const bool ok = (w.round == 0 || w.target[c] != kEnd)
-                          ? l_.valid_pointer(w.lane, c, next, w.target[c]) && next <= w.ahead[c]
-                          : next == kEnd;
-      if (!ok) {
-        g_.fail(comm::Group::FailKind::kProtocol, w.aggregator,
-                dtrain::detail::concat("omnireduce (tag ", ctx_.tag, "): aggregator rank ",
-                                       w.aggregator, " named block ", next,
-                                       " as the next target of column ", c, " of lane ", w.lane,
-                                       " in round ", w.round, " (previous target ", w.target[c],
-                                       ", look-ahead of rank ", g_.rank(), " ", w.ahead[c], ")"));
-      }
+    next_.resize(l_.columns);
+    try {
+      decode_reply(
+          l_, w.lane, w.round, w.target, w.ahead,
+          std::as_bytes(std::span(w.reply.get(), l_.reply_bytes(w.active) / sizeof(float))),
+          {ctx_.tag, w.aggregator, g_.rank()}, next_);
+    } catch (const ProtocolError& e) {
+      g_.fail(comm::Group::FailKind::kProtocol, w.aggregator, e.what());
     }
     const float* sums = w.reply.get() + 2 * l_.columns;
     for (size_t c = 0; c < l_.columns; ++c) {
@@ -131,7 +126,7 @@ class Worker {
     }
     w.active = 0;
     for (size_t c = 0; c < l_.columns; ++c) {
-      w.target[c] = get_u64(w.reply, c);
+      w.target[c] = next_[c];
       w.active += w.target[c] != kEnd;
     }
     ++w.round;
@@ -164,6 +159,7 @@ class Worker {
   Counters& counters_;
   std::vector<WorkerLane> lanes_;
   std::vector<size_t> contributing_;  // columns of the request being built
+  std::vector<uint64_t> next_;        // the next targets of the reply being handled
 };
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "dtrain/collective/collective.h"
 #include "dtrain/common/bytes.h"
+#include "dtrain/common/envelope.h"
 #include "dtrain/common/error.h"
 #include "dtrain/common/file.h"
 #include "dtrain/reduce/reducer.h"
@@ -28,11 +29,26 @@ std::string tensor_string(const torch::Tensor& t) {
   return std::string(static_cast<const char*>(t.data_ptr()), t.numel());
 }
 
+// A checkpoint file is LibTorch's archive inside our envelope (common/envelope.h): its length and
+// checksum are checked before LibTorch reads a byte. Files written before the envelope existed
+// (no magic) are read as bare archives.
 torch::serialize::InputArchive open_archive(const std::string& path) {
   if (!std::filesystem::exists(path)) throw IoError("checkpoint " + path + " does not exist");
+  std::ifstream in(path, std::ios::binary);
+  std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in && !in.eof()) throw IoError("cannot read checkpoint " + path);
+  const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(file.data()),
+                                         file.size());
   torch::serialize::InputArchive archive;
   try {
-    archive.load_from(path);
+    if (envelope::is_sealed(bytes)) {
+      const auto body = envelope::open(bytes, "checkpoint", "checkpoint " + path);
+      std::istringstream stream(
+          std::string(reinterpret_cast<const char*>(body.data()), body.size()));
+      archive.load_from(stream);
+    } else {
+      archive.load_from(path);
+    }
   } catch (const c10::Error& e) {
     throw IoError("checkpoint " + path + " is not readable (corrupt or not a dtrain checkpoint): " +
                   e.what_without_backtrace());
@@ -85,8 +101,11 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch:
   }
   std::ostringstream os;
   archive.save_to(os);
-  const std::string bytes = os.str();
-  write_file_atomic(path, bytes, /*durable=*/true);
+  const std::string body = os.str();
+  const auto sealed = envelope::seal(
+      {reinterpret_cast<const std::byte*>(body.data()), body.size()}, "checkpoint");
+  write_file_atomic(path, {reinterpret_cast<const char*>(sealed.data()), sealed.size()},
+                    /*durable=*/true);
 }
 
 CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model,
