@@ -244,6 +244,14 @@ TEST_F(ReportTest, TimeToTargetColumnAndAccuracyVsTimePlot) {
     throw;
   }
   EXPECT_GT(fs::file_size(fs::path(out) / "accuracy_vs_time.png"), 1000u);
+  // No step records with rounds: no loss-vs-rounds plot.
+  EXPECT_FALSE(fs::exists(fs::path(out) / "loss_vs_rounds.png"));
+  std::ofstream(fs::path(topk_) / "metrics.jsonl", std::ios::app)
+      << "{\"kind\":\"step\",\"time_s\":1,\"loss\":1.5,\"rounds\":4}\n"
+      << "{\"kind\":\"step\",\"time_s\":2,\"loss\":1.2,\"rounds\":8}\n";
+  EXPECT_DOUBLE_EQ(load_run(topk_).steps.back().rounds, 8);
+  write_plots({topk_, dense_}, out);
+  EXPECT_GT(fs::file_size(fs::path(out) / "loss_vs_rounds.png"), 1000u);
 }
 
 TEST_F(ReportTest, MissingGnuplotIsNamed) {

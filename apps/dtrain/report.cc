@@ -132,7 +132,8 @@ void parse_metrics(std::istream& in, const std::string& file, RunData& run) {
     }
     const std::string kind = r["kind"];
     if (kind == "step") {
-      run.steps.push_back({number(r, "time_s", where, true), number(r, "loss", where, true)});
+      run.steps.push_back({number(r, "time_s", where, true), number(r, "loss", where, true),
+                           number(r, "rounds", where, false)});
     } else if (kind == "epoch") {
       run.epochs.push_back(parse_epoch(r, where, static_cast<int>(run.epochs.size())));
       run.evaluations.push_back({run.epochs.back().time_s, run.epochs.back().test_accuracy});

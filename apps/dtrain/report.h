@@ -44,6 +44,7 @@ struct EvalRecord {
 // Records of metrics.jsonl. Numbers a record leaves out (or writes as null) are NaN.
 struct StepRecord {
   double time_s, loss;
+  double rounds;  // communication rounds so far (NaN in older runs)
 };
 
 struct EpochRecord {

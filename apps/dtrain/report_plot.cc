@@ -162,6 +162,23 @@ Plot accuracy_plot(const std::vector<RunData>& runs, const std::vector<std::stri
       "with linespoints linewidth 2 pointtype 7 pointsize 1.3");
 }
 
+// Training loss against communication rounds (gradient averagings + model averagings): what
+// Local SGD saves. Left out when no run logged rounds.
+Plot loss_rounds_plot(const std::vector<RunData>& runs, const std::vector<std::string>& names) {
+  std::vector<std::vector<std::pair<double, double>>> points(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    for (const auto& s : runs[i].steps) {
+      if (std::isfinite(s.rounds)) points[i].push_back({s.rounds, s.loss});
+    }
+  }
+  return line_plot("loss_vs_rounds", names, points,
+                   "set title 'Training loss vs communication rounds'\n"
+                   "set logscale x\n"
+                   "set xlabel 'communication rounds (log scale)'\n"
+                   "set ylabel 'training loss'\n",
+                   "with lines linewidth 2");
+}
+
 // Test accuracy against training time, at every evaluation (--eval-every and epoch ends): the
 // time-to-accuracy race.
 Plot accuracy_time_plot(const std::vector<RunData>& runs, const std::vector<std::string>& names) {
@@ -321,8 +338,9 @@ std::vector<std::string> write_plots(const std::vector<std::string>& dirs,
   const auto names = labels(runs);
 
   std::vector<Plot> plots;
-  for (Plot p : {loss_plot(runs, names), accuracy_plot(runs, names),
-                 accuracy_time_plot(runs, names), phase_plot(runs, names)}) {
+  for (Plot p :
+       {loss_plot(runs, names), accuracy_plot(runs, names), accuracy_time_plot(runs, names),
+        loss_rounds_plot(runs, names), phase_plot(runs, names)}) {
     if (!p.stem.empty()) plots.push_back(std::move(p));
   }
 
