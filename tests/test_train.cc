@@ -308,6 +308,29 @@ TEST(BadInput, DamagedCheckpointIsNamed) {
       << error_for(bytes.substr(0, bytes.size() - 100));
 }
 
+// A checkpoint write cut short by a stop leaves checkpoint.pt.tmp.<pid>.<n>; the next start in
+// that directory removes it when its writer is gone, and leaves a live writer's file alone.
+TEST(Resume, StaleTemporaryFilesAreRemovedAtStart) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
+  TempDir dir;
+  const std::string run_dir = dir.path() + "/run";
+  fs::create_directories(run_dir);
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ::waitpid(child, nullptr, 0);  // a pid that no longer runs
+  const std::string stale = run_dir + "/checkpoint.pt.tmp." + std::to_string(child) + ".7";
+  const std::string live = run_dir + "/checkpoint.pt.tmp." + std::to_string(::getpid()) + ".8";
+  std::ofstream(stale) << "half a checkpoint";
+  std::ofstream(live) << "being written";
+  auto o = small_run("logreg");
+  o.train_subset = 1000;
+  o.max_steps = 1;
+  o.out_dir = run_dir;
+  train_on_threads(1, o);
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(live));
+}
+
 TEST(BadInput, ResumeWithAnotherOptimizerIsNamed) {
   if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
   TempDir dir;

@@ -1,6 +1,11 @@
 #include "run.h"
 
 #include <dlfcn.h>
+#include <signal.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 
 #include <filesystem>
 #include <fstream>
@@ -87,6 +92,26 @@ void write_config(const TrainOptions& o, const TensorData& d, int world, const s
   if (!out) throw IoError("cannot write " + dir + "/config.json");
 }
 
+// write_file_atomic's temporary files are "<name>.tmp.<pid>.<random>": one whose writer is no
+// longer alive was left by a run stopped mid-write (a checkpoint can be tens of MB). Removed at
+// the next start; a live writer's file (another job sharing the directory) is left alone.
+void remove_stale_temp_files(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const size_t at = name.find(".tmp.");
+    if (at == std::string::npos || name.rfind("checkpoint", 0) != 0) continue;
+    const long pid = std::strtol(name.c_str() + at + 5, nullptr, 10);
+    if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno != ESRCH)) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0) continue;  // its writer still runs
+    std::error_code rm;
+    if (std::filesystem::remove(entry.path(), rm)) {
+      std::fprintf(stderr, "removed %s, a temporary file left by an interrupted run\n",
+                   entry.path().c_str());
+    }
+  }
+}
+
 }  // namespace
 
 Run::Run(const TrainOptions& options, comm::Group& group)
@@ -122,6 +147,9 @@ Run::Run(const TrainOptions& options, comm::Group& group)
 void Run::start(bool broadcast) {
   if (broadcast) torchx::broadcast_parameters(*model, g);
   grad_views = std::make_unique<torchx::GradViews>(*model, *eng);
+  if (!out_dir.empty() && std::filesystem::is_directory(out_dir)) {
+    remove_stale_temp_files(out_dir);
+  }
   if (!lead || out_dir.empty()) return;
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
