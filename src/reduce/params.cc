@@ -86,7 +86,7 @@ double Params::get_double(const std::string& key, double fallback, double lo, do
   return x;
 }
 
-const std::string& Params::get_string(const std::string& key, const std::string& fallback) const {
+std::string Params::get_string(const std::string& key, const std::string& fallback) const {
   auto it = values_.find(key);
   return it == values_.end() ? fallback : it->second;
 }

@@ -21,7 +21,8 @@ class Params {
   // ... as a finite number in [lo, hi] (lo_open, hi_open: excluding lo, hi).
   double get_double(const std::string& key, double fallback, double lo, double hi,
                     bool lo_open = false, bool hi_open = false) const;
-  const std::string& get_string(const std::string& key, const std::string& fallback) const;
+  // By value: the fallback is often a temporary.
+  std::string get_string(const std::string& key, const std::string& fallback) const;
 
  private:
   std::string owner_;
