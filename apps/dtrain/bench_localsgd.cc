@@ -17,15 +17,11 @@
 //   (1) linear speedup: steps per worker to reach a target against K, and f - f* at equal
 //       gradient evaluations K t = largest T.
 // eps = --eps-factor x (f - f* that H = 1 reaches at the end of the smallest T), unless --eps.
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -33,12 +29,12 @@
 #include <fstream>
 #include <map>
 #include <numeric>
-#include <thread>
 
 #include "commands.h"
 #include "dtrain/common/error.h"
 #include "dtrain/data/dataset.h"
 #include "dtrain/train/local_sgd_convex.h"
+#include "report.h"
 
 namespace dtrain::app {
 namespace {
@@ -357,38 +353,6 @@ bool on_path(const char* program) {
   return false;
 }
 
-// Runs `gnuplot localsgd.gp` in dir (output to gnuplot.log) under a 60 s deadline.
-void run_gnuplot(const fs::path& dir) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addchdir_np(&actions, dir.c_str());
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, "gnuplot.log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  std::string prog = "gnuplot", script = "localsgd.gp";
-  char* argv[] = {prog.data(), script.data(), nullptr};
-  pid_t pid = -1;
-  const int rc = posix_spawnp(&pid, "gnuplot", &actions, nullptr, argv, environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) DT_THROW(IoError, "cannot start gnuplot in ", dir.string(), ": ", std::strerror(rc));
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  int status = 0;
-  while (::waitpid(pid, &status, WNOHANG) != pid) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      DT_THROW(TimeoutError, "gnuplot ran past 60 s in ", dir.string());
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    DT_THROW(IoError, "gnuplot failed on ", (dir / script).string(), "; see ",
-             (dir / "gnuplot.log").string());
-  }
-  std::error_code ec;
-  if (fs::file_size(dir / "gnuplot.log", ec) == 0) fs::remove(dir / "gnuplot.log", ec);
-}
-
 // Suboptimality against rounds and against gradient evaluations at K = --summary-workers over
 // the largest T, one curve per H, with the fixed eps as a dashed line.
 void write_plots(const Sweep& sw, const LocalSgdFlags& f, const fs::path& dir) {
@@ -437,7 +401,7 @@ void write_plots(const Sweep& sw, const LocalSgdFlags& f, const fs::path& dir) {
        << "plot " << curves << eps_line << "unset output\n";
   }
   gp.close();
-  run_gnuplot(dir);
+  run_gnuplot(dir.string(), "localsgd.gp");
   std::printf("plots: %s, %s\n", (dir / "suboptimality_vs_rounds.png").c_str(),
               (dir / "suboptimality_vs_grad_evals.png").c_str());
 }

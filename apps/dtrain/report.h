@@ -89,6 +89,11 @@ std::string format_table(const std::vector<RunSummary>& runs);
 std::vector<std::string> write_plots(const std::vector<std::string>& dirs,
                                      const std::string& out_dir);
 
+// Runs `gnuplot SCRIPT` in dir (output to dir/gnuplot.log, removed when empty), waiting at most
+// 120 s. Throws IoError naming the script and quoting the log's end when gnuplot is missing or
+// fails, TimeoutError past the deadline. Shared by the report and the benches that plot.
+void run_gnuplot(const std::string& dir, const std::string& script);
+
 // What the subcommand does once parsed: prints the table and, with plots, the files written.
 void run_report(const ReportOptions& options);
 

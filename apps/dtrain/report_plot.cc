@@ -285,8 +285,8 @@ std::string tail_of(const fs::path& file, size_t max_chars) {
   return text.size() > max_chars ? "..." + text.substr(text.size() - max_chars) : text;
 }
 
-// Runs `gnuplot plots.gp` in dir, waiting at most kGnuplotDeadline.
-void run_gnuplot(const fs::path& dir) {
+// Runs `gnuplot script` in dir, waiting at most kGnuplotDeadline.
+void spawn_gnuplot(const fs::path& dir, const std::string& script_name) {
   const fs::path log = dir / "gnuplot.log";
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
@@ -294,7 +294,7 @@ void run_gnuplot(const fs::path& dir) {
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&actions, 1, "gnuplot.log", O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  std::string prog = "gnuplot", script = kScript;
+  std::string prog = "gnuplot", script = script_name;
   char* argv[] = {prog.data(), script.data(), nullptr};
   pid_t pid = -1;
   const int rc = posix_spawnp(&pid, "gnuplot", &actions, nullptr, argv, environ);
@@ -314,21 +314,25 @@ void run_gnuplot(const fs::path& dir) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
       DT_THROW(TimeoutError, "gnuplot ran past ", kGnuplotDeadline.count(), " s on ",
-               (dir / kScript).string());
+               (dir / script_name).string());
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     std::string how = WIFEXITED(status) ? "exit status " + std::to_string(WEXITSTATUS(status))
                                         : "signal " + std::to_string(WTERMSIG(status));
-    DT_THROW(IoError, "gnuplot failed (", how, ") on ", (dir / kScript).string(), "; the end of ",
-             log.string(), ":\n", tail_of(log, 2000));
+    DT_THROW(IoError, "gnuplot failed (", how, ") on ", (dir / script_name).string(),
+             "; the end of ", log.string(), ":\n", tail_of(log, 2000));
   }
   std::error_code ec;
   if (fs::file_size(log, ec) == 0) fs::remove(log, ec);
 }
 
 }  // namespace
+
+void run_gnuplot(const std::string& dir, const std::string& script) {
+  spawn_gnuplot(dir, script);
+}
 
 std::vector<std::string> write_plots(const std::vector<std::string>& dirs,
                                      const std::string& out_dir) {
@@ -357,7 +361,7 @@ std::vector<std::string> write_plots(const std::vector<std::string>& dirs,
   }
   write_file(dir / kScript, script_for(plots));
   sources.insert(sources.begin(), (dir / kScript).string());
-  run_gnuplot(dir);
+  spawn_gnuplot(dir, kScript);
 
   for (const auto& p : plots) {
     for (const char* ext : {".png", ".svg"}) {

@@ -102,8 +102,8 @@ void remove_stale_temp_files(const std::string& dir) {
     const size_t at = name.find(".tmp.");
     if (at == std::string::npos || name.rfind("checkpoint", 0) != 0) continue;
     const long pid = std::strtol(name.c_str() + at + 5, nullptr, 10);
-    if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno != ESRCH)) continue;
-    if (::kill(static_cast<pid_t>(pid), 0) == 0) continue;  // its writer still runs
+    // Only a writer that no longer exists (ESRCH); a live one, or one we may not signal, stays.
+    if (pid <= 0 || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
     std::error_code rm;
     if (std::filesystem::remove(entry.path(), rm)) {
       std::fprintf(stderr, "removed %s, a temporary file left by an interrupted run\n",
