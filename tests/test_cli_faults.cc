@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iterator>
 #include <thread>
+#include <utility>
 
 #include "harness.h"
 
@@ -38,8 +39,10 @@ std::string slurp(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-// Starts `dtrain args...` with stdout and stderr going to `log`; returns the pid.
-pid_t start(const std::vector<std::string>& args, const std::string& log) {
+// Starts `dtrain args...` with stdout and stderr going to `log` and `env` added to its
+// environment; returns the pid.
+pid_t start(const std::vector<std::string>& args, const std::string& log,
+            const std::vector<std::pair<std::string, std::string>>& env = {}) {
   pid_t pid = ::fork();
   if (pid == 0) {
     int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -47,6 +50,7 @@ pid_t start(const std::vector<std::string>& args, const std::string& log) {
     ::dup2(fd, 2);
     ::unsetenv("DTRAIN_RANK");
     ::unsetenv("DTRAIN_WORLD_SIZE");
+    for (const auto& [name, value] : env) ::setenv(name.c_str(), value.c_str(), 1);
     std::vector<char*> argv;
     static std::string binary = dtrain_binary();
     argv.push_back(binary.data());
@@ -153,6 +157,90 @@ TEST(CliFaults, IbverbsTransportIsRefused) {
   const std::string text = slurp(log);
   EXPECT_NE(text.find("--transport"), std::string::npos) << text;
   EXPECT_NE(text.find("ibverbs"), std::string::npos) << text;
+}
+
+// Runs `dtrain args...` to its end; returns its output, and expects it to have failed.
+std::string failing_run(const std::vector<std::string>& args) {
+  TempDir dir;
+  const std::string log = dir.path() + "/log.txt";
+  int status = finish(start(args, log), 60s);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << "status " << status;
+  return slurp(log);
+}
+
+TEST(CliFaults, NumericFlagErrorsSayWhatIsWrong) {
+  if (dtrain_binary().empty()) GTEST_SKIP() << "no dtrain binary next to the tests";
+  std::string text = failing_run({"bench", "allreduce", "--workers", "abc"});
+  EXPECT_NE(text.find("--workers: must be an integer from 1 to 256 (got abc)"), std::string::npos)
+      << text;
+  text = failing_run({"bench", "omnireduce", "--servers", "-1"});
+  EXPECT_NE(text.find("--servers: must be an integer from 0 to 256 (got -1)"), std::string::npos)
+      << text;
+  text = failing_run({"bench", "omnireduce", "--block", "0"});
+  EXPECT_NE(text.find("--block: must be a positive integer (got 0)"), std::string::npos) << text;
+  text = failing_run({"bench", "allreduce", "--timeout", "0"});
+  EXPECT_NE(text.find("--timeout: must be a positive number"), std::string::npos) << text;
+  EXPECT_NE(text.find("(got 0)"), std::string::npos) << text;
+  EXPECT_EQ(text.find("not in range"), std::string::npos) << text;  // CLI11's own wording
+}
+
+TEST(CliFaults, BenchSizesBelowOneElementAreRefused) {
+  if (dtrain_binary().empty()) GTEST_SKIP() << "no dtrain binary next to the tests";
+  for (const char* size : {"0", "1", "3B"}) {
+    std::string text = failing_run({"bench", "omnireduce", "--size", size});
+    EXPECT_NE(text.find(std::string("--size: must be at least 4 bytes (one float) (got ") + size),
+              std::string::npos)
+        << text;
+  }
+  std::string text = failing_run({"bench", "omnireduce", "--size", "lots"});
+  EXPECT_NE(text.find("--size: must be a size such as 4K"), std::string::npos) << text;
+  text = failing_run({"bench", "allreduce", "--sizes", "4K,0"});
+  EXPECT_NE(text.find("--sizes: must be at least 4 bytes (one float) (got 0)"), std::string::npos)
+      << text;
+  text = failing_run({"bench", "compress", "--size", "0"});
+  EXPECT_NE(text.find("--size: '0' is not an element count"), std::string::npos) << text;
+}
+
+// A launcher killed with SIGKILL leaves its rendezvous directory behind: the next launch removes
+// those whose launcher is gone (or, without a pid file, that are older than an hour), and keeps
+// those of live launchers and fresh ones still being set up.
+TEST(CliFaults, StaleRendezvousDirectoriesAreRemovedAtLaunch) {
+  if (dtrain_binary().empty()) GTEST_SKIP() << "no dtrain binary next to the tests";
+  TempDir tmp;
+  const fs::path root = tmp.path();
+  pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  ::waitpid(dead, nullptr, 0);
+  auto make = [&](const std::string& name, pid_t pid) {
+    fs::create_directory(root / name);
+    std::ofstream(root / name / "0") << "a rendezvous key\n";
+    if (pid > 0) std::ofstream(root / name / "launcher.pid") << pid << "\n";
+    return root / name;
+  };
+  const auto of_dead = make("dtrain-rdzv-dead01", dead);
+  const auto of_live = make("dtrain-rdzv-live01", ::getpid());
+  const auto unclaimed_old = make("dtrain-rdzv-old001", -1);
+  fs::last_write_time(unclaimed_old, fs::file_time_type::clock::now() - std::chrono::hours(2));
+  const auto unclaimed_new = make("dtrain-rdzv-new001", -1);
+  const auto other = make("not-dtrain-rdzv", dead);
+
+  const std::string log = (root / "log.txt").string();
+  pid_t pid = start({"bench", "allreduce", "--workers", "2", "--sizes", "4K", "--algos", "ring",
+                     "--iters", "1", "--warmup", "0"},
+                    log, {{"TMPDIR", root.string()}});
+  int status = finish(pid, 120s);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << slurp(log);
+  EXPECT_FALSE(fs::exists(of_dead));
+  EXPECT_FALSE(fs::exists(unclaimed_old));
+  EXPECT_TRUE(fs::exists(of_live));
+  EXPECT_TRUE(fs::exists(unclaimed_new));
+  EXPECT_TRUE(fs::exists(other));
+  // The launcher's own directory is gone as well: only the two kept are left.
+  int left = 0;
+  for (const auto& e : fs::directory_iterator(root)) {
+    left += e.path().filename().string().rfind("dtrain-rdzv-", 0) == 0;
+  }
+  EXPECT_EQ(left, 2);
 }
 
 }  // namespace

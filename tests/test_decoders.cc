@@ -75,9 +75,20 @@ TEST(FrameDecoder, ChecksMagicLengthAndSize) {
   using comm::internal::FrameHeader;
   FrameHeader h{comm::internal::kFrameMagic, 0, 100};
   EXPECT_EQ(comm::internal::decode_frame_header(std::as_bytes(std::span(&h, 1)), 2).length, 100u);
-  h.length = comm::internal::kMaxFrameBytes + 1;
+  h.length = comm::kDefaultMaxFrameBytes + 1;
   EXPECT_THROW(comm::internal::decode_frame_header(std::as_bytes(std::span(&h, 1)), 2),
                ProtocolError);
+  // A length over the group's limit is named with the peer and both sizes.
+  h.length = 101;
+  try {
+    comm::internal::decode_frame_header(std::as_bytes(std::span(&h, 1)), 2, 100);
+    FAIL();
+  } catch (const ProtocolError& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 2 announced a frame of 101 bytes, over the limit "
+                                         "of 100 bytes"),
+              std::string::npos)
+        << e.what();
+  }
   h = {0x12345678, 0, 1};
   try {
     comm::internal::decode_frame_header(std::as_bytes(std::span(&h, 1)), 2);

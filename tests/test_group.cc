@@ -93,6 +93,61 @@ TEST(Group, RecvIntoWrongSizeIsProtocolErrorAndGroupStaysUsable) {
   });
 }
 
+TEST(Group, LyingFrameLengthIsRefusedNamingThePeer) {
+  // Rank 0 forges a frame header (the wire layout of src/comm/group_wire.h) claiming 1 TiB; rank 1
+  // must fail with a ProtocolError naming rank 0 and the claim, allocating nothing for it.
+  struct {
+    uint32_t magic = 0x4454524e;
+    uint32_t flags = 0;
+    uint64_t length = uint64_t{1} << 40;
+  } forged;
+  static_assert(sizeof(forged) == 16);
+  TempDir dir;
+  auto errors = run_threads(2, [&](int r) {
+    auto g = comm::Group::connect(local_options(dir, r, 2, comm::Millis(10000)));
+    const uint64_t tag = g->next_tag();
+    if (r == 0) {
+      auto header = g->buffer(&forged, sizeof(forged));
+      header->send(1, comm::Group::slot(tag, 0), 0, sizeof(forged));
+      int peer[1] = {1};
+      header->wait_send(comm::WaitInfo{"forge", tag, peer, g->deadline()});
+      g->recv(1, g->next_tag());  // ends with rank 1's failure notice
+    } else {
+      g->recv(0, tag);
+    }
+  });
+  ASSERT_TRUE(errors[1]);
+  EXPECT_THROW(std::rethrow_exception(errors[1]), ProtocolError);
+  EXPECT_NE(what(errors[1]).find("rank 0 announced a frame of 1099511627776 bytes"),
+            std::string::npos)
+      << what(errors[1]);
+  ASSERT_TRUE(errors[0]);
+  EXPECT_NE(what(errors[0]).find("1099511627776"), std::string::npos) << what(errors[0]);
+}
+
+TEST(Group, FrameLimitIsKeptBySenderAndReceiver) {
+  TempDir dir;
+  auto errors = run_threads(2, [&](int r) {
+    auto options = local_options(dir, r, 2, comm::Millis(10000));
+    options.max_frame_bytes = r == 0 ? 100 : 50;
+    auto g = comm::Group::connect(options);
+    const uint64_t tag = g->next_tag();
+    if (r == 0) {
+      // Over its own limit: refused before anything is sent, and the group stays usable.
+      EXPECT_INVALID(g->send(1, tag, pattern(101, 1)), "exceed the frame limit of 100 bytes");
+      EXPECT_FALSE(g->poisoned());
+      g->send(1, tag, pattern(100, 2));  // within rank 0's limit, over rank 1's
+    } else {
+      g->recv(0, tag);
+    }
+  });
+  ASSERT_TRUE(errors[1]);
+  EXPECT_THROW(std::rethrow_exception(errors[1]), ProtocolError);
+  EXPECT_NE(what(errors[1]).find("rank 0 announced a frame of 100 bytes, over the limit of 50"),
+            std::string::npos)
+      << what(errors[1]);
+}
+
 TEST(Group, TagsKeepMessagesApart) {
   spawn(2, [&](comm::Group& g) {
     uint64_t a = g.next_tag();

@@ -19,6 +19,7 @@
 #endif
 #include "dtrain/common/error.h"
 #include "dtrain/common/logging.h"
+#include "flag_checks.h"
 #include "group_flags.h"
 #include "launcher.h"
 
@@ -180,8 +181,10 @@ void add_bench_allreduce(CLI::App& bench, int argc, char** argv, int& exit_code)
   flags->group.add_to(*cmd);
   cmd->add_option("--workers", flags->workers,
                   "Local ranks to start when not launched externally (default 4)")
-      ->check(CLI::Range(1, 256));
-  cmd->add_option("--sizes", flags->sizes, "Message sizes, e.g. 4K,1M,64M")->delimiter(',');
+      ->check(integer_in(1, 256));
+  cmd->add_option("--sizes", flags->sizes, "Message sizes, e.g. 4K,1M,64M")
+      ->delimiter(',')
+      ->check(size_at_least(sizeof(float), "4 bytes (one float)"));
   cmd->add_option("--algos", flags->algos,
                   "Algorithms: auto (ours, picked by size), ring, hd (halving-doubling), rd "
                   "(recursive doubling), gloo (Gloo's ring), mpi (when built); default auto,gloo")

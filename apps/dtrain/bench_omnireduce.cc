@@ -27,6 +27,7 @@
 #include "dtrain/common/error.h"
 #include "dtrain/common/logging.h"
 #include "dtrain/sparse/omnireduce.h"
+#include "flag_checks.h"
 #include "group_flags.h"
 #include "launcher.h"
 
@@ -245,12 +246,13 @@ void add_bench_omnireduce(CLI::App& bench, int argc, char** argv, int& exit_code
   flags->group.add_to(*cmd);
   cmd->add_option("--workers", flags->workers,
                   "Local worker ranks to start when not launched externally (default 4)")
-      ->check(CLI::Range(1, 256));
+      ->check(integer_in(1, 256));
   cmd->add_option("--servers", flags->servers,
                   "Dedicated aggregator ranks (the last ones); 0: aggregators colocated in the "
                   "workers (default)")
-      ->check(CLI::Range(0, 256));
-  cmd->add_option("--size", flags->size, "Tensor size (default 100M = 26,214,400 floats)");
+      ->check(integer_in(0, 256));
+  cmd->add_option("--size", flags->size, "Tensor size (default 100M = 26,214,400 floats)")
+      ->check(size_at_least(sizeof(float), "4 bytes (one float)"));
   cmd->add_option("--densities", flags->densities, "Fractions of non-zero blocks per worker")
       ->delimiter(',');
   cmd->add_option("--algos", flags->algos,
@@ -258,7 +260,7 @@ void add_bench_omnireduce(CLI::App& bench, int argc, char** argv, int& exit_code
                   "omni,ring,gloo)")
       ->delimiter(',');
   cmd->add_option("--block", flags->block, "Elements per block (default 256)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   cmd->add_option("--blocks-per-message", flags->blocks_per_message,
                   "Block fusion: blocks per message (0: default)");
   cmd->add_option("--slots", flags->slots,

@@ -33,7 +33,10 @@ size_t parse_size(const std::string& s, const std::string& flag) {
     mult = 1e9;
   else if (!unit.empty() && unit != "B")
     throw InvalidArgument(flag + ": unit of '" + s + "' is not one of B, K, M, G, KB, MB, GB");
-  DT_ENFORCE(v >= 0, flag, ": '", s, "' is negative");
+  // Also keeps the cast below defined: no NaN, infinity or negative count of bytes.
+  if (!std::isfinite(v) || v < 0 || v * mult > 0x1p62) {
+    throw InvalidArgument(flag + ": '" + s + "' is not a size (e.g. 4K, 64M, 1G, 100MB)");
+  }
   return static_cast<size_t>(v * mult);
 }
 

@@ -3,9 +3,13 @@
 #include <cstdlib>
 
 #include "dtrain/common/error.h"
+#include "flag_checks.h"
 
 namespace dtrain::app {
 namespace {
+// A year: longer is a mistake, and would overflow a deadline in nanoseconds far sooner.
+constexpr double kMaxTimeoutSeconds = 365 * 24 * 3600;
+
 std::string env_or(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? std::string(v) : fallback;
@@ -38,7 +42,7 @@ void GroupFlags::add_to(CLI::App& app) {
   app.add_option("--timeout", timeout_s,
                  "Seconds any wait may block before it fails naming the "
                  "silent ranks")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number(kMaxTimeoutSeconds));
 }
 
 comm::GroupOptions GroupFlags::resolve() const {

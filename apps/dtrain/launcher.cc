@@ -23,6 +23,7 @@
 #include "dtrain/comm/rendezvous.h"
 #include "dtrain/common/error.h"
 #include "dtrain/common/logging.h"
+#include "rdzv_cleanup.h"
 
 namespace dtrain::app {
 namespace {
@@ -182,6 +183,8 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
   }
   // The rendezvous, and the notes failed ranks leave (report_failure).
   const std::string dir = tmpl;
+  write_launcher_pid(dir);  // so that the next launch can tell it from a killed launcher's
+  remove_stale_rendezvous_dirs(std::filesystem::temp_directory_path(), dir);
   std::random_device random;
   const std::string run_id = detail::concat("local-", ::getpid(), "-", random());
   char nonce[17];

@@ -350,6 +350,9 @@ std::unique_ptr<Buffer> Group::buffer(void* ptr, size_t nbytes) {
 void Group::send(int dst, uint64_t tag, std::span<const std::byte> bytes, Millis timeout) {
   DT_ENFORCE(dst >= 0 && dst < size_ && dst != rank_, "send: destination rank ", dst,
              " is not a peer of rank ", rank_, " in a group of size ", size_);
+  DT_ENFORCE(bytes.size() <= options_.max_frame_bytes, "send: ", bytes.size(), " bytes to rank ",
+             dst, " exceed the frame limit of ", options_.max_frame_bytes,
+             " bytes (GroupOptions::max_frame_bytes)");
   internal::FrameHeader header{internal::kFrameMagic, 0, bytes.size()};
   auto hb = buffer(&header, sizeof(header));
   std::unique_ptr<Buffer> pb;
@@ -382,7 +385,8 @@ Message Group::recv_framed(const std::vector<int>& srcs, uint64_t tag, Millis ti
   Message msg;
   msg.src = hb->wait_recv(info);
   try {
-    header = internal::decode_frame_header(std::as_bytes(std::span(&header, 1)), msg.src);
+    header = internal::decode_frame_header(std::as_bytes(std::span(&header, 1)), msg.src,
+                                           options_.max_frame_bytes);
   } catch (const ProtocolError& e) {
     fail(FailKind::kProtocol, msg.src,
          detail::concat(op, " (tag ", tag, ") on rank ", rank_, ": ", e.what()));

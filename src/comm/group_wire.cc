@@ -8,14 +8,19 @@
 
 namespace dtrain::comm::internal {
 
-FrameHeader decode_frame_header(std::span<const std::byte> bytes, int src) {
+FrameHeader decode_frame_header(std::span<const std::byte> bytes, int src, uint64_t max_length) {
   DT_ENFORCE_AS(ProtocolError, bytes.size() == sizeof(FrameHeader), "frame header from rank ", src,
                 " has ", bytes.size(), " bytes, expected ", sizeof(FrameHeader));
   FrameHeader header;
   std::memcpy(&header, bytes.data(), sizeof(header));
-  if (header.magic != kFrameMagic || header.length > kMaxFrameBytes) {
+  if (header.magic != kFrameMagic) {
     throw ProtocolError(detail::concat("malformed frame header from rank ", src, " (magic ",
                                        header.magic, ", length ", header.length, ")"));
+  }
+  if (header.length > max_length) {
+    throw ProtocolError(detail::concat("rank ", src, " announced a frame of ", header.length,
+                                       " bytes, over the limit of ", max_length,
+                                       " bytes (GroupOptions::max_frame_bytes); refused unread"));
   }
   return header;
 }

@@ -9,11 +9,11 @@
 #include <optional>
 #include <span>
 
+#include "dtrain/comm/group.h"
+
 namespace dtrain::comm::internal {
 
 constexpr uint32_t kFrameMagic = 0x4454524e;  // "DTRN"
-// Largest frame we accept: a bigger length is taken as a corrupt header, not an allocation.
-constexpr uint64_t kMaxFrameBytes = uint64_t{1} << 40;
 
 struct FrameHeader {
   uint32_t magic;
@@ -40,10 +40,12 @@ struct ControlMsg {
 static_assert(sizeof(ControlMsg) == kControlSize);
 constexpr int32_t kMaxWaitingOn = static_cast<int32_t>((kControlSize - 24) / 4);
 
-// The header of a frame from rank `src`. Throws ProtocolError ("malformed frame header from rank
-// src (magic M, length L)") unless `bytes` is a whole header with our magic and a length of at
-// most kMaxFrameBytes.
-FrameHeader decode_frame_header(std::span<const std::byte> bytes, int src);
+// The header of a frame from rank `src`. Throws ProtocolError unless `bytes` is a whole header
+// with our magic ("malformed frame header from rank src (magic M, length L)") announcing at most
+// `max_length` bytes ("rank src announced a frame of L bytes, over the limit of M bytes ..."), so
+// that a lying length is refused before anything is allocated for it.
+FrameHeader decode_frame_header(std::span<const std::byte> bytes, int src,
+                                uint64_t max_length = kDefaultMaxFrameBytes);
 
 // A control message from a peer of a group of `group_size` ranks, made safe to act on: nullopt
 // when it is not kControlSize bytes, of no known type, or a kPong whose count is outside

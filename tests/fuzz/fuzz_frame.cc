@@ -22,7 +22,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const FrameHeader h =
         decode_frame_header(bytes.first(std::min(bytes.size(), sizeof(FrameHeader))), 1);
-    fuzz::check(h.magic == kFrameMagic && h.length <= kMaxFrameBytes);
+    fuzz::check(h.magic == kFrameMagic && h.length <= comm::kDefaultMaxFrameBytes);
   } catch (const Error&) {
   }
 

@@ -46,6 +46,12 @@ namespace dtrain::comm {
 using Clock = std::chrono::steady_clock;
 using Millis = std::chrono::milliseconds;
 
+// Largest framed message a Group accepts by default (GroupOptions::max_frame_bytes). Far above
+// what dtrain sends in one frame (a rank's reducer state, about one model gradient; collectives
+// move bulk data in raw transfers), far below what a lying or corrupt header could otherwise make
+// a receiver allocate.
+constexpr uint64_t kDefaultMaxFrameBytes = uint64_t{4} << 30;
+
 // Ranks connect over TCP. (Gloo's ibverbs transport refuses the unbound buffers every Group
 // operation uses, so it is not offered.)
 struct GroupOptions {
@@ -57,6 +63,9 @@ struct GroupOptions {
   std::string host;         // address to bind and advertise (e.g. 127.0.0.1)
   std::string iface;        // interface to bind (e.g. eth0); used when host is empty
   Millis timeout{60000};    // default deadline of every wait, and of the whole rendezvous
+  // A frame whose header announces more is a ProtocolError naming the peer (nothing is
+  // allocated for it); send() refuses a larger payload with InvalidArgument.
+  uint64_t max_frame_bytes = kDefaultMaxFrameBytes;
   // The build this process claims at rendezvous; empty: this build (build_info()). Tests set
   // another to act as a different build.
   std::string build;
@@ -167,6 +176,7 @@ class Group : public std::enable_shared_from_this<Group> {
   }
 
   // Framed point-to-point. `send` returns when the payload has been handed to the receiver.
+  // Payloads are limited to options().max_frame_bytes.
   void send(int dst, uint64_t tag, std::span<const std::byte> bytes, Millis timeout = Millis(0));
   Message recv(int src, uint64_t tag, Millis timeout = Millis(0));
   Message recv(const AnyOf& srcs, uint64_t tag, Millis timeout = Millis(0));
