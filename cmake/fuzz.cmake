@@ -41,6 +41,7 @@ set(DTRAIN_FUZZ_TARGETS
   metrics        # apps/dtrain: metrics.jsonl and config.json of `dtrain report`
   rendezvous     # comm/: rendezvous store records
   envelope       # common/: the file envelope of checkpoints
+  ps             # ps/: parameter-server requests, replies and stats (ps/wire.h)
 )
 enable_testing()
 add_custom_target(fuzz_all)

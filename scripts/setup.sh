@@ -10,6 +10,7 @@ core_pkgs=(
   libgloo-dev libhiredis-dev redis-server
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libzmq3-dev cppzmq-dev  # the parameter server's transport
   gnuplot-nox iproute2
   clang libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes of the fuzz targets
 )

@@ -18,6 +18,7 @@
 #include "dtrain/compress/compressor.h"
 #include "dtrain/compress/qcs.h"
 #include "dtrain/reduce/exdyna_partition.h"
+#include "ps/wire.h"
 #include "sparse/omnireduce_internal.h"
 
 namespace fs = std::filesystem;
@@ -323,6 +324,58 @@ void envelope_corpus() {
   }
 }
 
+void ps_corpus() {
+  using namespace ps::wire;
+  int n = 0;
+  auto seed = [&](uint8_t which, const std::vector<std::byte>& frame) {
+    ByteWriter w;
+    w.put(which).raw(frame.data(), frame.size());
+    write("ps", n++, w.take());
+  };
+  RequestHead push;
+  push.op = Op::kPush;
+  push.id = 7;
+  push.worker = 2;
+  push.clock = 5;
+  push.pulled_clock = 3;
+  push.keys = {10, 14};
+  seed(0, encode_request(push, {}, gradient(4, 1)));
+  RequestHead rows = push;
+  rows.op = Op::kPushRows;
+  rows.keys = {};
+  const std::vector<Segment> segments = {{12, 3}, {20, 2}};
+  seed(0, encode_request(rows, segments, gradient(5, 2)));
+  rows.op = Op::kPullRows;
+  seed(0, encode_request(rows, segments, {}));
+  RequestHead axpy;
+  axpy.op = Op::kAxpy;
+  axpy.alpha = -0.5;
+  axpy.a = "s0";
+  axpy.b = "w";
+  seed(0, encode_request(axpy, {}, {}));
+  ReplyHead pulled;
+  pulled.op = Op::kPull;
+  pulled.id = 8;
+  pulled.clock = 4;
+  seed(0, encode_reply(pulled, gradient(6, 3)));
+  ReplyHead error;
+  error.op = Op::kPush;
+  error.status = Status::kInvalidArgument;
+  error.message = "ps shard 0: push of keys [6, 10) outside the shard's range [0, 4)";
+  seed(0, encode_reply(error, {}));
+  ps::ServerStats st;
+  st.updates = 12;
+  st.staleness_histogram = {3, 2, 1};
+  st.clocks = {{0, 4}, {1, 6}};
+  st.states = {{0, "live"}, {1, "dead"}};
+  st.pushed = {{0, 4}, {1, 5}};
+  ReplyHead stats;
+  stats.op = Op::kStats;
+  stats.blob = encode_stats(st);
+  seed(0, encode_reply(stats, {}));
+  seed(1, encode_stats(st));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -340,5 +393,6 @@ int main(int argc, char** argv) {
   metrics();
   rendezvous();
   envelope_corpus();
+  ps_corpus();
   return 0;
 }
