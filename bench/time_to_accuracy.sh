@@ -12,6 +12,8 @@
 #     --run "sync dense|--optimizer momentum" \
 #     --run "local H=4|--optimizer momentum --algorithm local:H=4" \
 #     -- --model mlp --lr 0.1 --epochs 3
+# A run that gives its own --workers (and --servers, for --algorithm downpour) runs on that many
+# ranks (workers + servers namespaces under --netns).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,15 +53,29 @@ dirs=()
 for run in "${runs[@]}"; do
   label=${run%%|*}
   read -r -a flags <<< "${run#*|}"
+  # A run may give its own --workers (and --servers: Downpour's parameter-server ranks).
+  ranks=$workers
+  launch=(--workers "$workers")
+  run_workers="" run_servers=0
+  for ((i = 0; i + 1 < ${#flags[@]}; i++)); do
+    case "${flags[i]}" in
+      --workers) run_workers=${flags[i + 1]} ;;
+      --servers) run_servers=${flags[i + 1]} ;;
+    esac
+  done
+  if [[ -n "$run_workers" ]]; then
+    ranks=$((run_workers + run_servers))
+    launch=()
+  fi
   dir="$out/$(printf '%s' "$label" | tr -c 'A-Za-z0-9_.-' '_')"
   rm -rf "$dir"
   args=(train "${extra[@]}" "${flags[@]}" --target-accuracy "$target" --eval-every "$eval_every"
         --quiet --out "$dir")
   status=0
   if [[ -n "$netns" ]]; then
-    bench/netns.sh -n "$workers" -r "$netns" -- "$PWD/build/dtrain" "${args[@]}" > "$dir.log" 2>&1 || status=$?
+    bench/netns.sh -n "$ranks" -r "$netns" -- "$PWD/build/dtrain" "${args[@]}" > "$dir.log" 2>&1 || status=$?
   else
-    build/dtrain "${args[@]}" --workers "$workers" > "$dir.log" 2>&1 || status=$?
+    build/dtrain "${args[@]}" "${launch[@]}" > "$dir.log" 2>&1 || status=$?
   fi
   m="$dir/metrics.jsonl"
   if [[ $status -ne 0 ]] || ! grep -q '"kind":"final"' "$m" 2>/dev/null; then

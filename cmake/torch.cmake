@@ -41,6 +41,7 @@ if(Torch_FOUND OR TORCH_FOUND)
     src/train/loop.cc
     src/train/sync_sgd.cc
     src/train/local_sgd.cc
+    src/train/downpour.cc
     src/train/local_sgd_schedule.cc
   )
   target_link_libraries(dtrain_torch PUBLIC dtrain_core ${TORCH_LIBRARIES} ${CMAKE_DL_LIBS})
@@ -60,6 +61,10 @@ if(Torch_FOUND OR TORCH_FOUND)
     dtrain_test(test_time_to_accuracy LABEL torch tests/test_time_to_accuracy.cc)
     target_link_libraries(test_time_to_accuracy PRIVATE dtrain_torch)
     target_include_directories(test_time_to_accuracy PRIVATE ${PROJECT_SOURCE_DIR}/src)
+    # Downpour: replicas and parameter servers as processes of the dtrain binary.
+    dtrain_test(test_downpour LABEL torch tests/test_downpour.cc)
+    target_compile_definitions(test_downpour PRIVATE DTRAIN_BINARY="$<TARGET_FILE:dtrain>")
+    add_dependencies(test_downpour dtrain)
   endif()
 else()
   message(STATUS "dtrain: LibTorch not found; `dtrain train` is not built")

@@ -218,6 +218,7 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
   }
 
   const auto grace = std::chrono::seconds(options.grace_seconds);
+  std::vector<int> lost;  // Downpour replicas that ended early
   size_t alive = workers.size();
   bool failed = false;
   bool terminating = false;
@@ -255,6 +256,23 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
       w.ended_at = now;
       --alive;
       const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      if (!ok && rank < options.replicas && !w.signalled && !failed) {
+        // A Downpour replica: the others train on; say how to put a replacement in its place.
+        lost.push_back(rank);
+        auto note = WIFEXITED(status) ? read_note(dir, w.pid) : std::nullopt;
+        const std::string what =
+            WIFSIGNALED(status) ? detail::concat("was killed by signal ", signal_text(WTERMSIG(status)))
+            : note              ? "failed: " + note->message
+                                : detail::concat("exited with status ", WEXITSTATUS(status));
+        std::string command;
+        for (int i = 0; argv[i] != nullptr; ++i) command += std::string(i ? " " : "") + argv[i];
+        spdlog::warn(
+            "replica {} (rank {}) {}; the job goes on without it. To start a replacement into "
+            "this job: DTRAIN_RANK={} DTRAIN_WORLD_SIZE={} DTRAIN_RENDEZVOUS=file://{} "
+            "DTRAIN_RUN_ID={} DTRAIN_JOB_NONCE={} DTRAIN_HOST={} {}",
+            rank, rank, what, rank, options.workers, dir, run_id, nonce, options.host, command);
+        continue;
+      }
       if (!ok && !failed && !w.signalled) {
         failed = true;
         term_at = now + grace;
@@ -275,6 +293,23 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
       for (auto& w : workers) signal(w, w.stopped ? SIGKILL : SIGTERM);
       terminating = true;
       kill_at = now + grace;
+    }
+    if (options.replicas > 0 && !failed) {
+      // Downpour: once the servers are gone the job is over; a replica stopped for good (the
+      // servers counted it dead) is ended rather than waited for.
+      bool servers_done = true, only_stopped = true;
+      for (int r = 0; r < static_cast<int>(workers.size()); ++r) {
+        if (r >= options.replicas) servers_done &= !workers[r].running;
+        only_stopped &= !workers[r].running || workers[r].stopped;
+      }
+      if (servers_done && only_stopped) {
+        for (int r = 0; r < options.replicas; ++r) {
+          if (workers[r].running && !workers[r].signalled) {
+            lost.push_back(r);
+            signal(workers[r], SIGKILL);
+          }
+        }
+      }
     }
     if (failed) {
       // A stopped rank cannot end by itself: once the job has failed and only stopped ranks are
@@ -299,6 +334,9 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   int result = failed ? 1 : 0;
+  if (!failed && !lost.empty()) {
+    spdlog::warn("job finished without replica(s) {} (see above)", list(lost));
+  }
   if (failed) {
     std::string who = blame(workers, dir);
     if (interrupted) {

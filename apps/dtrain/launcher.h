@@ -21,6 +21,10 @@ struct LaunchOptions {
   // After the first failure the others get this long to end on their own (they learn of it from
   // the group and name the failed rank); then SIGTERM, and SIGKILL after as long again.
   int grace_seconds = 5;
+  // Downpour: ranks 0..replicas-1 are replicas whose end does not end the job (the others keep
+  // training; the launcher prints how to start a replacement into the job), ranks from
+  // `replicas` on are parameter servers. 0: every rank's failure fails the job.
+  int replicas = 0;
 };
 
 // True when this process is already one rank of a launched job (a launcher set rank variables).

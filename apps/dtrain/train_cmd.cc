@@ -10,7 +10,10 @@
 #include "dtrain/engine/engine.h"
 #include "dtrain/reduce/reducer.h"
 #include "dtrain/torch/models.h"
+#include "dtrain/comm/rendezvous.h"
+#include "dtrain/train/downpour.h"
 #include "dtrain/train/trainer.h"
+#include "flag_checks.h"
 #include "group_flags.h"
 #include "launcher.h"
 
@@ -21,6 +24,35 @@ std::string joined(const std::vector<std::string>& v) {
   std::string out;
   for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
   return out;
+}
+
+// A Downpour rank: no group (replicas may die and join); roles by rank.
+int run_downpour(const train::TrainOptions& t, const GroupFlags& flags, int workers) {
+  const comm::GroupOptions g = flags.resolve();
+  train::DownpourJob job;
+  if (g.rank) {
+    job.rank = *g.rank;
+    job.world = *g.size;
+  } else {
+    const auto env = comm::detect_launch_env();
+    DT_ENFORCE(env.has_value(), "--algorithm downpour needs its rank: start it with --workers N ",
+               "--servers S (local), or under a launcher (DTRAIN_RANK/DTRAIN_WORLD_SIZE, mpirun, ",
+               "srun)");
+    job.rank = env->rank;
+    job.world = env->size;
+  }
+  DT_ENFORCE(job.world == workers + t.servers, "--algorithm downpour: this job has ", job.world,
+             " ranks but --workers ", workers, " --servers ", t.servers, " make ",
+             workers + t.servers, " (ranks 0..W-1 are replicas, the rest servers)");
+  DT_ENFORCE(!g.rendezvous.empty(), "--algorithm downpour needs --rendezvous (file:// or redis://)");
+  job.rendezvous = g.rendezvous;
+  job.run_id = g.run_id.empty() ? comm::detect_run_id() : g.run_id;
+  job.nonce = comm::detect_job_nonce();
+  job.host = g.host.empty() ? "127.0.0.1" : g.host;
+  job.timeout = g.timeout;
+  log::init(job.rank, job.world);
+  train::train_downpour(t, job);
+  return 0;
 }
 
 }  // namespace
@@ -37,7 +69,7 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
   auto& t = f->train;
   cmd->add_option("--workers", f->workers,
                   "Local worker processes to start when not launched externally")
-      ->check(CLI::Range(1, 256))
+      ->check(integer_in(1, 256))
       ->capture_default_str();
   cmd->add_option("--model", t.model, "Model: " + joined(torchx::model_names()))
       ->capture_default_str();
@@ -93,13 +125,34 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
                   "evaluations reaches this test accuracy (a fraction, e.g. 0.85)");
   cmd->add_option("--threads", t.threads, "LibTorch/OpenBLAS threads per worker")
       ->capture_default_str();
+  // Downpour (train/downpour.h).
+  cmd->add_option("--servers", t.servers,
+                  "downpour: parameter-server ranks (after the --workers replicas)");
+  cmd->add_option("--n-fetch", t.n_fetch, "downpour: steps between parameter fetches")
+      ->capture_default_str();
+  cmd->add_option("--n-push", t.n_push, "downpour: steps between gradient pushes")
+      ->capture_default_str();
+  cmd->add_option("--consistency", t.consistency, "downpour: async, bsp or bounded:T")
+      ->capture_default_str();
+  cmd->add_option("--server-update", t.server_update,
+                  "downpour: the shards' update rule, e.g. adagrad:lr=0.05, sgd:0.1, adam:lr=1e-3 "
+                  "(default: adagrad with --lr)");
+  cmd->add_option("--warm-start", t.warm_start,
+                  "downpour: pushes replica 0 makes alone before the others start")
+      ->capture_default_str();
   cmd->callback([f, argc, argv, &exit_code] {
     // Check every flag before starting processes, so a mistake fails once and fast.
     train::validate(f->train);
-    if (!running_as_rank() && f->group.rank < 0 && f->workers > 1) {
+    const bool downpour = train::is_downpour(f->train);
+    if (!running_as_rank() && f->group.rank < 0 && (f->workers > 1 || downpour)) {
       LaunchOptions lo;
-      lo.workers = f->workers;
+      lo.workers = f->workers + (downpour ? f->train.servers : 0);
+      if (downpour) lo.replicas = f->workers;
       exit_code = launch_local(lo, argc, argv);
+      return;
+    }
+    if (downpour) {
+      exit_code = run_downpour(f->train, f->group, f->workers);
       return;
     }
     auto group = comm::Group::connect(f->group.resolve());

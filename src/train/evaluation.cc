@@ -6,11 +6,14 @@
 
 namespace dtrain::train {
 
-std::pair<double, double> evaluate(torchx::Net& model, const TensorData& d, comm::Group& g) {
+namespace {
+
+// Correct predictions, summed loss and count over test samples [lo, hi).
+void evaluate_slice(torchx::Net& model, const TensorData& d, int64_t lo, int64_t hi,
+                    double sums[3]) {
   torch::NoGradGuard guard;
-  const int64_t n = d.x_test.size(0);
-  const int64_t lo = n * g.rank() / g.size(), hi = n * (g.rank() + 1) / g.size();
-  double sums[3] = {0, 0, double(hi - lo)};  // correct, loss sum, count
+  sums[0] = sums[1] = 0;
+  sums[2] = double(hi - lo);
   for (int64_t b = lo; b < hi; b += 1024) {
     int64_t e = std::min(hi, b + 1024);
     auto logits = model.forward(d.x_test.slice(0, b, e));
@@ -21,9 +24,24 @@ std::pair<double, double> evaluate(torchx::Net& model, const TensorData& d, comm
             logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
             .item<double>();
   }
+}
+
+}  // namespace
+
+std::pair<double, double> evaluate(torchx::Net& model, const TensorData& d, comm::Group& g) {
+  const int64_t n = d.x_test.size(0);
+  const int64_t lo = n * g.rank() / g.size(), hi = n * (g.rank() + 1) / g.size();
+  double sums[3];  // correct, loss sum, count
+  evaluate_slice(model, d, lo, hi, sums);
   collective::AllreduceOptions o(g);
   o.output = collective::View(sums, 3, collective::DataType::kFloat64);
   collective::allreduce(o);
+  return {sums[0] / std::max(1.0, sums[2]), sums[1] / std::max(1.0, sums[2])};
+}
+
+std::pair<double, double> evaluate(torchx::Net& model, const TensorData& d) {
+  double sums[3];
+  evaluate_slice(model, d, 0, d.x_test.size(0), sums);
   return {sums[0] / std::max(1.0, sums[2]), sums[1] / std::max(1.0, sums[2])};
 }
 

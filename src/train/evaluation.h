@@ -14,6 +14,8 @@ namespace dtrain::train {
 // Test accuracy and mean loss of `model`, each rank evaluating a contiguous slice of the test set
 // and the sums combined. All ranks call it; every rank must hold the same model.
 std::pair<double, double> evaluate(torchx::Net& model, const TensorData& data, comm::Group& group);
+// The same on one process, over the whole test set (Downpour's lead replica).
+std::pair<double, double> evaluate(torchx::Net& model, const TensorData& data);
 
 // The training clock: wall time since start() minus the time spent in pauses (evaluations).
 class TrainingClock {

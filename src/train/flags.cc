@@ -10,6 +10,8 @@
 #include "dtrain/common/error.h"
 #include "dtrain/common/hash.h"
 #include "dtrain/engine/engine.h"
+#include "dtrain/ps/consistency.h"
+#include "dtrain/ps/update_rule.h"
 #include "dtrain/reduce/reducer.h"
 #include "dtrain/torch/models.h"
 #include "dtrain/train/local_sgd_schedule.h"
@@ -58,6 +60,26 @@ std::vector<std::pair<const char*, std::string>> shared_flags(const TrainOptions
           {"--target-accuracy", num(o.target_accuracy)}};
 }
 
+// --algorithm downpour's own flags, and the ones it does not take.
+void validate_downpour(const TrainOptions& o) {
+  DT_ENFORCE(o.servers >= 1, "--algorithm downpour needs --servers S (S >= 1 parameter-server ",
+             "ranks), got ", o.servers);
+  DT_ENFORCE(o.n_fetch >= 1, "--n-fetch must be >= 1 (steps between parameter fetches), got ",
+             o.n_fetch);
+  DT_ENFORCE(o.n_push >= 1, "--n-push must be >= 1 (steps between gradient pushes), got ",
+             o.n_push);
+  DT_ENFORCE(o.warm_start >= 0, "--warm-start must be >= 0 (replica 0's pushes before the "
+             "others start), got ", o.warm_start);
+  ps::Consistency::parse(o.consistency, "--consistency");
+  if (!o.server_update.empty()) ps::UpdateRule::parse(o.server_update, "--server-update");
+  DT_ENFORCE(o.accumulate == 1, "--accumulate ", o.accumulate, " is not taken by --algorithm ",
+             "downpour: use --n-push to accumulate gradients over steps");
+  DT_ENFORCE(o.reduce == "dense" && o.average.empty(), "--algorithm downpour sends gradients to ",
+             "the parameter servers; --reduce/--average choose the reducers of sync and local ",
+             "training and are not taken with it");
+  DT_ENFORCE(o.timeline.empty(), "--timeline is not recorded by --algorithm downpour");
+}
+
 }  // namespace
 
 void validate(const TrainOptions& o) {
@@ -73,7 +95,14 @@ void validate(const TrainOptions& o) {
   DT_ENFORCE(schedule.kind != engine::Schedule::Kind::kMgwfbp || o.reduce == "dense",
              "--schedule mgwfbp plans the dense allreduce (its cost model times it); --reduce ",
              o.reduce, " has other costs: use --schedule fused, wfbp or single with it");
-  const auto algorithm = LocalSgdSchedule::parse(o.algorithm);
+  if (o.algorithm == "downpour") {
+    validate_downpour(o);
+  } else {
+    DT_ENFORCE(o.servers == 0, "--servers ", o.servers,
+               " dedicates parameter-server ranks; it needs --algorithm downpour");
+  }
+  const auto algorithm =
+      o.algorithm == "downpour" ? LocalSgdSchedule{} : LocalSgdSchedule::parse(o.algorithm);
   if (!o.average.empty()) {
     DT_ENFORCE(algorithm.local, "--average ", o.average,
                " chooses the reducer of Local SGD's model averaging; it needs --algorithm local");

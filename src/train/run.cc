@@ -18,7 +18,6 @@
 #include "dtrain/torch/bridge.h"
 
 namespace dtrain::train {
-namespace {
 
 // Pins LibTorch and OpenBLAS to `threads` threads (OpenBLAS through its runtime call when the
 // BLAS in use is OpenBLAS).
@@ -30,6 +29,8 @@ void pin_threads(int threads) {
   }
 }
 
+namespace {
+
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, torchx::Net& model) {
   if (o.optimizer == "adam") {
     return std::make_unique<torch::optim::Adam>(model.parameters(),
@@ -38,6 +39,8 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, t
   auto opts = torch::optim::SGDOptions(o.lr).momentum(o.optimizer == "momentum" ? o.momentum : 0);
   return std::make_unique<torch::optim::SGD>(model.parameters(), opts);
 }
+
+}  // namespace
 
 std::shared_ptr<torchx::Net> make_model(const TrainOptions& o, const TensorData& d) {
   torchx::ModelSpec spec;
@@ -82,6 +85,15 @@ void write_config(const TrainOptions& o, const TensorData& d, int world, const s
                       {"eval_every", o.eval_every},
                       {"target_accuracy", o.target_accuracy},
                       {"resume", o.resume}};
+  if (o.algorithm == "downpour") {
+    j["servers"] = o.servers;
+    j["n_fetch"] = o.n_fetch;
+    j["n_push"] = o.n_push;
+    j["consistency"] = o.consistency;
+    j["server_update"] = o.server_update.empty() ? "adagrad:lr=" + std::to_string(o.lr)
+                                                 : o.server_update;
+    j["warm_start"] = o.warm_start;
+  }
   if (o.model == "embed") {
     j["fields"] = o.fields;
     j["vocab"] = o.vocab;
@@ -91,6 +103,8 @@ void write_config(const TrainOptions& o, const TensorData& d, int world, const s
   out << j.dump(2) << "\n";
   if (!out) throw IoError("cannot write " + dir + "/config.json");
 }
+
+namespace {
 
 // write_file_atomic's temporary files are "<name>.tmp.<pid>.<random>": one whose writer is no
 // longer alive was left by a run stopped mid-write (a checkpoint can be tens of MB). Removed at

@@ -18,6 +18,14 @@
 
 namespace dtrain::train {
 
+// Pieces Run is built from, also used by schemes that run without a group (Downpour).
+// Pins LibTorch and OpenBLAS to `threads` threads.
+void pin_threads(int threads);
+// The model of --model, initialised from --seed (the same on every rank).
+std::shared_ptr<torchx::Net> make_model(const TrainOptions& o, const TensorData& d);
+// DIR/config.json: the run's settings.
+void write_config(const TrainOptions& o, const TensorData& d, int world, const std::string& dir);
+
 struct Run {
   // Loads the data, builds the model from --seed, the optimizer and the gradient engine.
   Run(const TrainOptions& options, comm::Group& group);

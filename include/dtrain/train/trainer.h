@@ -36,6 +36,17 @@ struct TrainOptions {
   // Training scheme: "sync" (gradients averaged every step) or Local SGD,
   // "local:H=8[,warmup=STEPS][,Hmax=M,double_every=STEPS]" (train/local_sgd_schedule.h).
   std::string algorithm = "sync";
+  // Downpour (--algorithm downpour, train/downpour.h): `servers` parameter-server ranks after the
+  // workers; a replica fetches parameters every n_fetch steps and pushes its accumulated gradient
+  // every n_push steps; the shards apply server_update (empty: "adagrad:lr=<lr>") under
+  // `consistency` (async | bsp | bounded:T); replicas other than 0 start after replica 0 has
+  // pushed warm_start times.
+  int servers = 0;
+  int n_fetch = 1;
+  int n_push = 1;
+  std::string consistency = "async";
+  std::string server_update;
+  int64_t warm_start = 0;
   // Communication
   std::string reduce = "dense";
   std::string average;  // Local SGD: the reducer of the model averaging (empty: as --reduce)

@@ -1,0 +1,241 @@
+// Downpour SGD as a user runs it: `dtrain train --algorithm downpour --workers W --servers S`
+// starts replicas and parameter servers as processes. Replicas are killed and restarted into the
+// running job, a server is killed; the run directory's final record says what the shards saw
+// (staleness, replicas lost). Runs the dtrain binary of this build.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+class Downpour : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("dtrain-downpour-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    for (pid_t p : extra_) ::kill(p, SIGKILL);
+    fs::remove_all(dir_);
+  }
+
+  // The common flags of a small run: an MLP on a Fashion-MNIST subset.
+  std::vector<std::string> flags(int workers, int servers, int epochs, const std::string& out) {
+    return {"train",        "--algorithm",    "downpour",   "--workers",
+            std::to_string(workers),        "--servers",  std::to_string(servers),
+            "--hidden",     "64",             "--train-subset", "6000",
+            "--test-subset", "2000",          "--batch-size", "32",
+            "--epochs",     std::to_string(epochs), "--lr", "0.05",
+            "--quiet",      "--out",          out};
+  }
+
+  // Starts dtrain with `args`, output to `log`, extra environment `env` ("K=V").
+  pid_t start(const std::vector<std::string>& args, const std::string& log,
+              const std::vector<std::string>& env = {}) {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      ::unsetenv("DTRAIN_RANK");
+      ::unsetenv("DTRAIN_WORLD_SIZE");
+      for (const auto& kv : env) {
+        const auto eq = kv.find('=');
+        ::setenv(kv.substr(0, eq).c_str(), kv.substr(eq + 1).c_str(), 1);
+      }
+      std::vector<char*> argv;
+      static std::string binary = DTRAIN_BINARY;
+      argv.push_back(binary.data());
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(binary.c_str(), argv.data());
+      ::_exit(127);
+    }
+    return pid;
+  }
+
+  int finish(pid_t pid, std::chrono::seconds give_up) {
+    const auto until = Clock::now() + give_up;
+    int status = 0;
+    while (::waitpid(pid, &status, WNOHANG) == 0) {
+      if (Clock::now() > until) {
+        ::kill(-pid, SIGKILL);
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+        ADD_FAILURE() << "dtrain did not end within " << give_up.count() << " s";
+        break;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return status;
+  }
+
+  // The pid of the launcher's child that is rank `rank` (from its environment), or -1.
+  static pid_t child_rank(pid_t launcher, int rank) {
+    std::ifstream children("/proc/" + std::to_string(launcher) + "/task/" +
+                           std::to_string(launcher) + "/children");
+    pid_t child;
+    while (children >> child) {
+      const std::string env = slurp("/proc/" + std::to_string(child) + "/environ");
+      std::string want = "DTRAIN_RANK=" + std::to_string(rank);
+      for (size_t at = 0; at < env.size();) {
+        const size_t end = env.find('\0', at);
+        if (env.compare(at, end - at, want) == 0) return child;
+        if (end == std::string::npos) break;
+        at = end + 1;
+      }
+    }
+    return -1;
+  }
+
+  // Waits until metrics.jsonl in `out` holds a step record with step >= `step`.
+  static bool wait_for_step(const std::string& out, int64_t step, std::chrono::seconds limit) {
+    const auto until = Clock::now() + limit;
+    while (Clock::now() < until) {
+      std::istringstream in(slurp(out + "/metrics.jsonl"));
+      std::string line;
+      while (std::getline(in, line)) {
+        auto j = nlohmann::json::parse(line, nullptr, false);
+        if (j.is_object() && j.value("kind", "") == "step" && j.value("step", 0) >= step) {
+          return true;
+        }
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+
+  static nlohmann::json final_record(const std::string& out) {
+    std::istringstream in(slurp(out + "/metrics.jsonl"));
+    std::string line;
+    nlohmann::json last;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_object() && j.value("kind", "") == "final") last = j;
+    }
+    return last;
+  }
+
+  fs::path dir_;
+  std::vector<pid_t> extra_;
+};
+
+TEST_F(Downpour, TrainsAndBoundedDelayHoldsOnTheServersRecord) {
+  const std::string out = (dir_ / "run").string(), log = (dir_ / "log").string();
+  auto args = flags(3, 2, 1, out);
+  for (const char* a : {"--consistency", "bounded:1", "--log-every", "10"}) args.push_back(a);
+  const int status = finish(start(args, log), 240s);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << slurp(log);
+  const auto f = final_record(out);
+  ASSERT_TRUE(f.is_object()) << slurp(log);
+  // 3 replicas x 62 steps of an MLP with Adagrad on the servers: well above chance (10%).
+  EXPECT_GT(f["test_accuracy"].get<double>(), 0.6) << f.dump();
+  // Every replica's pushes went to both shards.
+  EXPECT_EQ(f["server_updates"].get<int64_t>(), 2 * 3 * (6000 / 3 / 32)) << f.dump();
+  EXPECT_LE(f["max_staleness"].get<int64_t>(), 1) << f.dump();
+  EXPECT_TRUE(f["replicas_lost"].empty()) << f.dump();
+}
+
+TEST_F(Downpour, BspHasNoStaleUpdates) {
+  const std::string out = (dir_ / "run").string(), log = (dir_ / "log").string();
+  auto args = flags(2, 1, 1, out);
+  for (const char* a : {"--consistency", "bsp", "--max-steps", "40"}) args.push_back(a);
+  const int status = finish(start(args, log), 240s);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << slurp(log);
+  const auto f = final_record(out);
+  ASSERT_TRUE(f.is_object()) << slurp(log);
+  EXPECT_EQ(f["max_staleness"].get<int64_t>(), 0) << f.dump();
+  EXPECT_EQ(f["server_updates"].get<int64_t>(), 2 * 40) << f.dump();
+}
+
+TEST_F(Downpour, AKilledReplicaStopsOnlyItselfAndAReplacementJoins) {
+  const std::string out = (dir_ / "run").string(), log = (dir_ / "log").string();
+  auto args = flags(3, 1, 3, out);
+  for (const char* a : {"--log-every", "5", "--timeout", "20"}) args.push_back(a);
+  const pid_t launcher = start(args, log);
+  ASSERT_TRUE(wait_for_step(out, 20, 180s)) << slurp(log);
+  const pid_t victim = child_rank(launcher, 2);
+  ASSERT_GT(victim, 0);
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  // The launcher names the replica and prints how to start a replacement into the job.
+  std::smatch m;
+  const std::regex replacement("To start a replacement into this job: (DTRAIN_RANK=2 .*) (\\S+dtrain) train");
+  std::string text;
+  const auto until = Clock::now() + 30s;
+  while (Clock::now() < until) {
+    text = slurp(log);
+    if (std::regex_search(text, m, replacement)) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_FALSE(m.empty()) << text;
+  EXPECT_NE(text.find("replica 2 (rank 2) was killed by signal"), std::string::npos) << text;
+  std::vector<std::string> env;
+  std::istringstream vars(m[1].str());
+  for (std::string kv; vars >> kv;) env.push_back(kv);
+  // The replacement: the same command with the job's environment.
+  const pid_t again = start(args, (dir_ / "replacement.log").string(), env);
+  extra_.push_back(again);
+  const int rs = finish(again, 240s);
+  EXPECT_TRUE(WIFEXITED(rs) && WEXITSTATUS(rs) == 0) << slurp((dir_ / "replacement.log").string());
+  const int status = finish(launcher, 240s);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << slurp(log);
+  EXPECT_NE(slurp(log).find("job finished without replica(s) 2"), std::string::npos);
+  const auto f = final_record(out);
+  ASSERT_TRUE(f.is_object()) << slurp(log);
+  // The replacement finished as replica 2 and its pushes count: the shard saw more updates from
+  // the three replicas than the two that ran throughout could make.
+  EXPECT_EQ(f["replicas"]["2"], "done") << f.dump();
+  const int64_t per_replica = 3 * (6000 / 3 / 32);
+  EXPECT_GT(f["server_updates"].get<int64_t>(), 2 * per_replica) << f.dump();
+  const std::string replaced = slurp((dir_ / "replacement.log").string());
+  EXPECT_NE(replaced.find("joins the job at step"), std::string::npos)
+      << "replacement (" << m[1].str() << ", status " << rs << "):\n"
+      << replaced << "\njob:\n" << slurp(log);
+}
+
+TEST_F(Downpour, AKilledServerFailsEveryReplicaNamingItsShard) {
+  const std::string out = (dir_ / "run").string(), log = (dir_ / "log").string();
+  auto args = flags(2, 1, 5, out);
+  for (const char* a : {"--log-every", "5", "--timeout", "4"}) args.push_back(a);
+  const pid_t launcher = start(args, log);
+  ASSERT_TRUE(wait_for_step(out, 10, 180s)) << slurp(log);
+  const pid_t server = child_rank(launcher, 2);
+  ASSERT_GT(server, 0);
+  const auto killed = Clock::now();
+  ASSERT_EQ(::kill(server, SIGKILL), 0);
+  const int status = finish(launcher, 60s);
+  const auto took = Clock::now() - killed;
+  const std::string text = slurp(log);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << text;
+  EXPECT_NE(text.find("shard 0"), std::string::npos) << text;
+  EXPECT_NE(text.find("job failed: rank 2 was killed by signal"), std::string::npos) << text;
+  EXPECT_LT(took, 4s + 10s);
+}
+
+}  // namespace
