@@ -48,7 +48,7 @@ if(Torch_FOUND OR TORCH_FOUND)
   target_compile_options(dtrain_torch PUBLIC -Wno-unused-parameter -Wno-sign-compare)
   # torch/torch.h dominates compile time; parse it once for the whole library.
   target_precompile_headers(dtrain_torch PRIVATE <torch/torch.h>)
-  target_sources(dtrain_cli PRIVATE apps/dtrain/train_cmd.cc)
+  target_sources(dtrain_cli PRIVATE apps/dtrain/train_cmd.cc apps/dtrain/resume_settings.cc)
   target_link_libraries(dtrain_cli PUBLIC dtrain_torch)
   target_compile_definitions(dtrain_cli PUBLIC DTRAIN_WITH_TORCH=1)
   if(BUILD_TESTING)

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -502,6 +503,72 @@ TEST(Cli, KilledWorkerFailsTheJobNamingIt) {
   // The last checkpoint is whole and loadable.
   auto params = train::load_checkpoint_parameters(out + "/checkpoint.pt");
   EXPECT_FALSE(params.empty());
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Runs `dtrain args...` to its end with output to `log`; returns the wait status.
+int run_dtrain(const std::vector<std::string>& args, const std::string& log) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    ::unsetenv("DTRAIN_RANK");
+    ::unsetenv("DTRAIN_WORLD_SIZE");
+    std::vector<char*> argv = {const_cast<char*>(DTRAIN_BINARY)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(DTRAIN_BINARY, argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return status;
+}
+
+// `--resume DIR` alone continues the run with the settings in DIR/config.json (another model,
+// optimizer or worker count than the defaults would not load); a flag given again wins.
+TEST(Cli, ResumeTakesTheRunsSettings) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "no Fashion-MNIST";
+  TempDir dir;
+  const std::string out = dir.path() + "/run", log = dir.path() + "/log.txt";
+  int status = run_dtrain({"train", "--workers", "3", "--model", "logreg", "--optimizer", "sgd",
+                           "--reduce", "topk:0.5",
+                           "--lr", "0.05", "--train-subset", "960", "--test-subset", "200",
+                           "--batch-size", "16", "--epochs", "3", "--max-steps", "10", "--out",
+                           out, "--quiet"},
+                          log);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << read_text(log);
+  status = run_dtrain({"train", "--resume", out, "--max-steps", "30"}, log);
+  const std::string text = read_text(log);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << text;
+  EXPECT_NE(text.find("--model logreg"), std::string::npos) << text;
+  EXPECT_NE(text.find("--workers 3"), std::string::npos) << text;
+  EXPECT_EQ(text.find("--max-steps"), std::string::npos) << text;  // given, not taken
+  const auto config = nlohmann::json::parse(read_text(out + "/config.json"));
+  EXPECT_EQ(config.at("model"), "logreg");
+  EXPECT_EQ(config.at("optimizer"), "sgd");
+  EXPECT_EQ(config.at("workers"), 3);
+  EXPECT_EQ(config.at("max_steps"), 30);
+  EXPECT_EQ(config.at("reduce"), "topk:0.5");
+  // The run went on from step 10 to 30 (the metrics' last step record).
+  std::istringstream lines(read_text(out + "/metrics.jsonl"));
+  int64_t last_step = 0;
+  for (std::string line; std::getline(lines, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.contains("steps")) last_step = j.at("steps").get<int64_t>();
+  }
+  EXPECT_EQ(last_step, 30);
+  // A config.json that is not the run's settings is named.
+  std::ofstream(out + "/config.json") << "not json";
+  status = run_dtrain({"train", "--resume", out, "--max-steps", "31"}, log);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+  EXPECT_NE(read_text(log).find(out + "/config.json is not a JSON object"), std::string::npos)
+      << read_text(log);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "flag_checks.h"
 #include "group_flags.h"
 #include "launcher.h"
+#include "resume_settings.h"
 
 namespace dtrain::app {
 namespace {
@@ -140,7 +141,16 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
   cmd->add_option("--warm-start", t.warm_start,
                   "downpour: pushes replica 0 makes alone before the others start")
       ->capture_default_str();
-  cmd->callback([f, argc, argv, &exit_code] {
+  cmd->callback([f, cmd, argc, argv, &exit_code] {
+    // --resume DIR: the settings the run was started with, unless given again.
+    const auto taken = take_settings_from_run(*cmd, f->train, f->workers);
+    if (!taken.empty() && !running_as_rank() && !f->train.quiet) {
+      std::string flags;
+      for (const auto& t : taken) flags += " " + t;
+      std::printf("resuming %s with its settings (config.json):%s\n", f->train.resume.c_str(),
+                  flags.c_str());
+      std::fflush(stdout);
+    }
     // Check every flag before starting processes, so a mistake fails once and fast.
     train::validate(f->train);
     const bool downpour = train::is_downpour(f->train);
