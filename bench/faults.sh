@@ -55,7 +55,7 @@ for setting in "${settings[@]}"; do
   [[ -n $only && ! $label =~ $only ]] && continue
   downpour=0; [[ $label == downpour* ]] && downpour=1
   for ((i = 1; i <= runs; i++)); do
-    dir="$out/$(tr -c 'A-Za-z0-9_.-' '_' <<< "$label")-$i"
+    dir="$out/$(printf '%s' "$label" | tr -c 'A-Za-z0-9_.-' '_')-$i"
     rm -rf "$dir" "$dir.log"
     "$bin" train "${common[@]}" "${flags[@]}" --out "$dir" > "$dir.log" 2>&1 &
     launcher=$!
