@@ -5,7 +5,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <latch>
+#include <limits>
+#include <cstring>
 #include <thread>
 #include <zmq.hpp>
 
@@ -425,6 +428,28 @@ TEST(PsServer, BspHasNoStaleness) {
   }
 }
 
+// A worker that fetches on one socket and pushes on another (as a Downpour replica does): under
+// BSP its pull at clock 1 waits for its own push of clock 0, which may arrive after it.
+TEST(PsServer, BspPullWaitsForThePullersOwnPush) {
+  ServerOptions o;
+  o.rule = UpdateRule::parse("sum");
+  o.consistency = Consistency::parse("bsp");
+  Shards shards(1, 4, o);
+  Client fetcher(shards.client(0)), pusher(shards.client(0));
+  EXPECT_EQ(fetcher.hello(), 0);
+  std::vector<float> w(4), g(4, 2.0f);
+  fetcher.set_clock(1);
+  const Ticket t = fetcher.pull({0, 4}, w);
+  auto pulled = std::async(std::launch::async, [&] { fetcher.wait(t); });
+  EXPECT_EQ(pulled.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout)
+      << "served before the puller's own push";
+  pusher.wait(pusher.push({0, 4}, g));
+  ASSERT_EQ(pulled.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  pulled.get();
+  EXPECT_EQ(w, g);
+  EXPECT_EQ(fetcher.pulled_clock(), 1);
+}
+
 TEST(PsServer, AsyncLetsFastWorkersRunAhead) {
   const auto stats = run_with_slow_worker("async");
   for (const auto& s : stats) {
@@ -746,7 +771,18 @@ TEST(PsServer, MalformedFramesGetErrorRepliesAndTheShardServesOn) {
   bad_op[5] = std::byte{99};
   wire::RequestHead outside = push;
   outside.keys = {6, 10};
+  // Rows asked for more often than the shard has keys (a reply of unbounded size).
+  wire::RequestHead rows;
+  rows.op = wire::Op::kPullRows;
+  rows.id = 32;
+  const std::vector<wire::Segment> repeated(3, wire::Segment{0, 4});
+  wire::RequestHead late = push;
+  late.clock = std::numeric_limits<int64_t>::max();  // would overflow the shard's clock + 1
+  const std::vector<float> nan_push = {1.0f, std::nanf(""), 1.0f, 1.0f};
   std::vector<Case> cases = {
+      {{wire::encode_request(rows, repeated, {})}, "more than the shard's", wire::Status::kInvalidArgument},
+      {{wire::encode_request(late, {}, four)}, "outside [0, 2^62)"},
+      {{wire::encode_request(push, {}, nan_push)}, "non-finite", wire::Status::kInvalidArgument},
       {{bytes("hello")}, "magic"},
       {{std::vector<std::byte>{}}, "magic"},
       {{bad_magic}, "magic"},

@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -111,9 +112,15 @@ struct Server::Impl {
 
   // --- clocks and liveness -------------------------------------------------------------------
 
-  // The slowest live worker's clock, the puller (if a worker) counted at `clock`.
+  // The slowest live worker's clock, the puller (if a worker) counted at `clock` or at the
+  // clock of its own pushes applied here, if that is behind (its push may still be on the way
+  // on another socket: parameters without it are not at `clock`).
   int64_t slowest(int puller, int64_t clock) const {
     int64_t low = clock;
+    if (puller >= 0) {
+      auto me = workers.find(puller);
+      if (me != workers.end()) low = std::min(low, me->second.clock);
+    }
     bool any = puller >= 0;
     for (const auto& [id, w] : workers) {
       if (id == puller || w.state != State::kLive) continue;
@@ -133,7 +140,11 @@ struct Server::Impl {
     Worker& w = it->second;
     if (fresh) w.state = State::kLive;
     if (w.state == State::kDead && op != Op::kHello) {
-      spdlog::info("{}: worker {} is back (clock {})", prefix(), worker, w.clock);
+      // Back without a hello (e.g. SIGCONT after a stop): at the slowest live clock, so that it
+      // does not hold back the workers that went on without it.
+      const int64_t was = w.clock;
+      w.clock = std::max(w.clock, slowest(/*puller=*/-1, w.clock));  // the others' slowest
+      spdlog::info("{}: worker {} is back (clock {}, was {})", prefix(), worker, w.clock, was);
       w.state = State::kLive;
     }
     w.heard = now;
@@ -209,8 +220,20 @@ struct Server::Impl {
                ", ", range.end, ")");
   }
 
+  // Every segment inside the range, and no more keys in all than the range holds (a client
+  // sends each row once; repeats beyond that would make a reply of unbounded size).
   void check_segments(const wire::Request& q) const {
-    for (const auto& s : q.segments) check_keys(q.head, {s.begin, s.begin + s.size});
+    uint64_t total = 0;
+    for (const auto& s : q.segments) {
+      DT_ENFORCE(s.size <= range.size() && s.begin <= range.end - s.size, prefix(), ": ",
+                 op_name(q.head.op), " of keys [", s.begin, ", +", s.size,
+                 ") outside the shard's range [", range.begin, ", ", range.end, ")");
+      check_keys(q.head, {s.begin, s.begin + s.size});
+      total += s.size;
+      DT_ENFORCE(total <= range.size(), prefix(), ": ", op_name(q.head.op), " of ", total,
+                 "+ keys in ", q.segments.size(), " segments, more than the shard's ",
+                 range.size(), " keys (repeated rows?)");
+    }
   }
 
   void record_update(const wire::RequestHead& q) {
@@ -226,6 +249,12 @@ struct Server::Impl {
       check_keys(h, h.keys);
     } else {
       check_segments(q);
+    }
+    for (size_t i = 0; i < q.values.size(); ++i) {
+      // One diverged worker must not poison the parameters (and Adagrad's sums) of every other.
+      DT_ENFORCE(std::isfinite(q.values[i]), prefix(), ": push from worker ", h.worker,
+                 " holds a non-finite value (", q.values[i], ", value ", i, " of ",
+                 q.values.size(), "); not applied");
     }
     if (!q.values.empty()) {
       const uint64_t count = ++st.updates;
@@ -253,15 +282,21 @@ struct Server::Impl {
         rule.apply_sparse(w, idx, range.begin, q.values, st.rule_state, count);
       }
       record_update(h);
-      if (o.checkpoint_every > 0 && !o.checkpoint_path.empty() &&
-          st.updates % o.checkpoint_every == 0) {
-        checkpoint();
-      }
     }
     if (h.worker >= 0) {
       Worker& pusher = workers[h.worker];
       if (h.clock >= pusher.clock) ++pusher.pushed;  // the first request of this clock
       pusher.clock = h.clock + 1;
+    }
+    if (!q.values.empty() && o.checkpoint_every > 0 && !o.checkpoint_path.empty() &&
+        st.updates % o.checkpoint_every == 0) {
+      // The push is applied whatever happens here: a failed periodic checkpoint is reported,
+      // not answered to the pusher as a failed push (the next one, or the last, may succeed).
+      try {
+        checkpoint();
+      } catch (const Error& e) {
+        spdlog::error("{}: periodic checkpoint failed: {}", prefix(), e.what());
+      }
     }
   }
 

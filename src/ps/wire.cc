@@ -170,6 +170,14 @@ Request decode_request(std::span<const std::byte> frame) {
     const auto nval = r.get<uint64_t>("values");
     skip_pad8(r, what);
     const char* on = op_name(h.op);
+    // Clocks count pushes: far from overflowing when the shard subtracts and adds them.
+    DT_ENFORCE_AS(ProtocolError,
+                  h.clock >= 0 && h.clock < kMaxClock && h.pulled_clock >= 0 &&
+                      h.pulled_clock < kMaxClock,
+                  what, " (", on, "): clock ", h.clock, " / pulled clock ", h.pulled_clock,
+                  " outside [0, 2^62)");
+    DT_ENFORCE_AS(ProtocolError, h.worker >= kMinWorker, what, " (", on, "): worker id ",
+                  h.worker, " is below ", kMinWorker);
     DT_ENFORCE_AS(ProtocolError, h.keys.begin <= h.keys.end, what, " (", on, "): keys [",
                   h.keys.begin, ", ", h.keys.end, ") are not a range");
     DT_ENFORCE_AS(ProtocolError, nseg <= r.left() / sizeof(Segment), what, " (", on,

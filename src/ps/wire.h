@@ -65,6 +65,10 @@ struct Segment {
   uint64_t size = 0;
 };
 
+// Bounds a request's clocks and worker id are checked against (observers have negative ids).
+constexpr int64_t kMaxClock = int64_t{1} << 62;
+constexpr int32_t kMinWorker = -(1 << 20);
+
 struct RequestHead {
   Op op = Op::kHeartbeat;
   uint64_t id = 0;
