@@ -11,11 +11,12 @@
 #     a server signalled: the job fails naming it within --timeout + 10 s. No orphans; the shards'
 #     checkpoints resume.
 #   bench/faults.sh [--runs 4] [--timeout 10] [--seed 1] [--out DIR] [--only REGEX (of the labels)]
+#       [--downpour-runs 8]   (Downpour: ranks 0..3 with SIGKILL, then with SIGSTOP, in turn)
 # Prints one line per run and a summary; exits 1 if any row is not as expected.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-runs=4 timeout=10 seed=1 out=runs/faults only=""
+runs=4 downpour_runs=8 timeout=10 seed=1 out=runs/faults only=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
@@ -23,7 +24,8 @@ while [[ $# -gt 0 ]]; do
     --seed) seed="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    --downpour-runs) downpour_runs="$2"; shift 2 ;;
+    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
@@ -54,7 +56,8 @@ for setting in "${settings[@]}"; do
   read -r -a flags <<< "${setting#*|}"
   [[ -n $only && ! $label =~ $only ]] && continue
   downpour=0; [[ $label == downpour* ]] && downpour=1
-  for ((i = 1; i <= runs; i++)); do
+  n_runs=$runs; ((downpour)) && n_runs=$downpour_runs
+  for ((i = 1; i <= n_runs; i++)); do
     dir="$out/$(printf '%s' "$label" | tr -c 'A-Za-z0-9_.-' '_')-$i"
     rm -rf "$dir" "$dir.log"
     "$bin" train "${common[@]}" "${flags[@]}" --out "$dir" > "$dir.log" 2>&1 &
@@ -69,6 +72,11 @@ for setting in "${settings[@]}"; do
     sleep "$(awk -v r=$r_delay 'BEGIN { printf "%.2f", r / 32767 * 1.5 }')"
     target=$((r_rank % 4))
     sig=KILL; ((r_sig % 2)) && sig=STOP
+    if ((downpour)); then
+      # Every role and signal in turn (replicas 0..2, the server), then again.
+      target=$(((i - 1) % 4))
+      sig=KILL; (((i - 1) / 4 % 2)) && sig=STOP
+    fi
     pids=() victim=""
     for c in $(children "$launcher"); do
       pids+=("$c")

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -236,6 +237,41 @@ TEST_F(Downpour, AKilledServerFailsEveryReplicaNamingItsShard) {
   EXPECT_NE(text.find("shard 0"), std::string::npos) << text;
   EXPECT_NE(text.find("job failed: rank 2 was killed by signal"), std::string::npos) << text;
   EXPECT_LT(took, 4s + 10s);
+}
+
+// Every replica fails (here at start: too little data for them): the job fails at once naming
+// the cause, instead of waiting on servers that wait for replicas they never saw.
+TEST_F(Downpour, NoReplicaFinishingFailsTheJob) {
+  const std::string out = (dir_ / "run").string(), log = (dir_ / "log").string();
+  auto args = flags(2, 1, 1, out);
+  args[std::find(args.begin(), args.end(), "--train-subset") - args.begin() + 1] = "40";
+  const auto began = Clock::now();
+  const int status = finish(start(args, log), 120s);
+  const std::string text = slurp(log);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << text;
+  EXPECT_NE(text.find("no replica finished"), std::string::npos) << text;
+  EXPECT_NE(text.find("too small"), std::string::npos) << text;
+  EXPECT_LT(Clock::now() - began, 60s) << text;
+}
+
+// A stopped server (SIGSTOP): the replicas time out naming its shard, and the launcher names the
+// stopped rank; the job does not wait for it.
+TEST_F(Downpour, AStoppedServerFailsTheJobNamingIt) {
+  const std::string out = (dir_ / "run").string(), log = (dir_ / "log").string();
+  auto args = flags(2, 1, 5, out);
+  for (const char* a : {"--log-every", "5", "--timeout", "4"}) args.push_back(a);
+  const pid_t launcher = start(args, log);
+  ASSERT_TRUE(wait_for_step(out, 10, 180s)) << slurp(log);
+  const pid_t server = child_rank(launcher, 2);
+  ASSERT_GT(server, 0);
+  const auto stopped = Clock::now();
+  ASSERT_EQ(::kill(server, SIGSTOP), 0);
+  const int status = finish(launcher, 60s);
+  const std::string text = slurp(log);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << text;
+  EXPECT_NE(text.find("shard 0"), std::string::npos) << text;
+  EXPECT_NE(text.find("job failed: rank 2 was stopped by signal"), std::string::npos) << text;
+  EXPECT_LT(Clock::now() - stopped, 4s + 10s) << text;
 }
 
 }  // namespace

@@ -219,6 +219,10 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
 
   const auto grace = std::chrono::seconds(options.grace_seconds);
   std::vector<int> lost;  // Downpour replicas that ended early
+  // Downpour: when the last replica ended (the shards end on their own within their dead-worker
+  // interval, at most 10 s, after that).
+  SteadyClock::time_point replicas_over_at{};
+  constexpr auto kServersEndAfterReplicas = std::chrono::seconds(15);
   size_t alive = workers.size();
   bool failed = false;
   bool terminating = false;
@@ -297,16 +301,48 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
     if (options.replicas > 0 && !failed) {
       // Downpour: once the servers are gone the job is over; a replica stopped for good (the
       // servers counted it dead) is ended rather than waited for.
-      bool servers_done = true, only_stopped = true;
+      bool servers_done = true, only_stopped = true, replicas_over = true, finished = false;
+      bool server_stopped = false;
       for (int r = 0; r < static_cast<int>(workers.size()); ++r) {
-        if (r >= options.replicas) servers_done &= !workers[r].running;
-        only_stopped &= !workers[r].running || workers[r].stopped;
+        const Worker& w = workers[r];
+        if (r >= options.replicas) {
+          servers_done &= !w.running;
+          server_stopped |= w.running && w.stopped;
+        } else {
+          replicas_over &= !w.running;
+          finished |= !w.running && WIFEXITED(w.status) && WEXITSTATUS(w.status) == 0;
+        }
+        only_stopped &= !w.running || w.stopped;
       }
       if (servers_done && only_stopped) {
         for (int r = 0; r < options.replicas; ++r) {
           if (workers[r].running && !workers[r].signalled) {
             lost.push_back(r);
             signal(workers[r], SIGKILL);
+          }
+        }
+      }
+      if (replicas_over && !servers_done) {
+        if (replicas_over_at == SteadyClock::time_point{}) replicas_over_at = now;
+        if (!finished) {
+          // No replica finished its training: the job failed (named by blame(): the first
+          // fault, e.g. a stopped server the replicas timed out on, or the replicas' own error).
+          failed = true;
+          term_at = now;
+          spdlog::error("no replica finished; stopping the servers");
+        } else if (now - replicas_over_at > kServersEndAfterReplicas + grace) {
+          // The shards end on their own once every replica is done or dead; one that does not
+          // is stopped (a failure when it was stopped by a signal: blame() names it).
+          if (server_stopped) {
+            failed = true;
+            term_at = now;
+          } else {
+            spdlog::warn("the servers did not end {} s after the last replica; stopping them",
+                         std::chrono::duration_cast<std::chrono::seconds>(now - replicas_over_at)
+                             .count());
+            for (int r = options.replicas; r < static_cast<int>(workers.size()); ++r) {
+              signal(workers[r], SIGTERM);
+            }
           }
         }
       }
@@ -336,6 +372,12 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
   int result = failed ? 1 : 0;
   if (!failed && !lost.empty()) {
     spdlog::warn("job finished without replica(s) {} (see above)", list(lost));
+    if (std::find(lost.begin(), lost.end(), 0) != lost.end()) {
+      spdlog::warn("replica 0 writes the run's records and evaluates the final model: unless "
+                   "a replacement for it finished, metrics.jsonl has no final record; the "
+                   "shards' checkpoints (--out) hold the parameters, --resume continues from "
+                   "them");
+    }
   }
   if (failed) {
     std::string who = blame(workers, dir);

@@ -4,16 +4,19 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <span>
 #include <thread>
 
 #include "dtrain/comm/rendezvous.h"
 #include "dtrain/common/error.h"
 #include "dtrain/common/logging.h"
 #include "dtrain/data/shard.h"
+#include "dtrain/engine/engine.h"
 #include "dtrain/ps/client.h"
 #include "dtrain/ps/directory.h"
 #include "dtrain/ps/server.h"
@@ -27,7 +30,8 @@ using Clock = std::chrono::steady_clock;
 using Millis = std::chrono::milliseconds;
 
 // A replica not heard from for this long is dead to the shards (heartbeats come 4x as often).
-Millis dead_after(const DownpourJob& job) { return std::min(job.timeout, Millis(10000)); }
+// Half the timeout: a pull held for a dead replica is released well before it times out.
+Millis dead_after(const DownpourJob& job) { return std::min(job.timeout / 2, Millis(10000)); }
 
 std::string shard_file(const std::string& dir, int s) {
   return dir.empty() ? std::string() : dir + "/shard-" + std::to_string(s) + ".ps";
@@ -35,7 +39,8 @@ std::string shard_file(const std::string& dir, int s) {
 
 ps::UpdateRule server_rule(const TrainOptions& o) {
   return ps::UpdateRule::parse(
-      o.server_update.empty() ? detail::concat("adagrad:lr=", o.lr) : o.server_update,
+      // The shortest text that reads back as the same double (not 6 significant digits).
+      o.server_update.empty() ? "adagrad:lr=" + nlohmann::json(o.lr).dump() : o.server_update,
       "--server-update");
 }
 
@@ -142,10 +147,13 @@ TrainResult serve(const TrainOptions& o, const DownpourJob& job, int workers, in
   so.dead_after = dead_after(job);
   so.expected_workers = workers;
   so.checkpoint_path = shard_file(dir, shard);
-  // --checkpoint-every counts a replica's steps; a shard sees every replica's pushes.
+  // --checkpoint-every counts a replica's steps; a shard counts the update requests of every
+  // replica's pushes (one per dense range, and one for the table's rows, per push).
+  const int64_t requests = static_cast<int64_t>(layout.dense.size()) + (layout.sparse() ? 1 : 0);
   so.checkpoint_every = o.checkpoint_every > 0
                             ? static_cast<uint64_t>(std::max<int64_t>(
-                                  1, o.checkpoint_every * workers / std::max(1, o.n_push)))
+                                  1, o.checkpoint_every * workers * requests /
+                                         std::max(1, o.n_push)))
                             : 0;
   ps::Server server(so, !o.resume.empty());
   Store store(job);
@@ -241,7 +249,9 @@ class Replica {
     fetcher_->heartbeat(dead_after(job_) / 4);
     pusher_->set_clock(start_clock);
     clock_ = start_clock;
-    if (lead_ && fresh && start_clock == 0) {
+    // A replica 0 that replaces a lost one joins a job the shards already hold updates of.
+    const bool untouched = fresh && shards_untouched();
+    if (lead_ && untouched) {
       // Replica 0 gives the shards the initial parameters (every replica built the same ones).
       layout_->store(fetch_buf_);
       fetcher_->wait(fetcher_->assign({0, layout_->length}, fetch_buf_));
@@ -249,7 +259,7 @@ class Replica {
     int64_t step = std::min(total_, pushed * o_.n_push);
     spdlog::info("replica {} joins the job at step {} of {} (clock {})", me_, step, total_, clock_);
     if (step >= total_) spdlog::info("replica {}: its steps were all pushed before", me_);
-    if (lead_) open_run_dir();
+    if (lead_) open_run_dir(/*joining=*/fresh && !untouched);
 
     Progress progress(o_.quiet || !lead_, steps_per_epoch_);
     TargetTracker target(o_.target_accuracy);
@@ -307,7 +317,7 @@ class Replica {
       const int epoch = static_cast<int>(step / steps_per_epoch_);
       const int64_t s = step % steps_per_epoch_;
       const auto& idx = shard_of_epoch(epoch);
-      if (step % o_.n_fetch == 0 || step == first) take_fetch();
+      if (fetch_point(step) || step == first) take_fetch();
       auto bi = idx.slice(0, s * per_step_, (s + 1) * per_step_);
       auto x = data_.x_train.index_select(0, bi);
       auto y = data_.y_train.index_select(0, bi);
@@ -320,7 +330,7 @@ class Replica {
       ++step;
       ++accumulated_;
       if (step % o_.n_push == 0 || step == total_) start_push();
-      if (step < total_ && (step % o_.n_fetch == 0)) start_fetch(step);
+      if (step < total_ && fetch_point(step)) start_fetch(step);
       loss_sum += l;
       ++loss_count;
       if (!lead_) continue;
@@ -389,6 +399,7 @@ class Replica {
                                    {"bytes_sent", result.bytes_sent},
                                    {"bytes_recv", result.bytes_received},
                                    {"rows_pushed", rows_pushed_},
+                                   {"dropped_pushes", dropped_pushes_},
                                    {"rows_pulled", rows_pulled_}};
     final_record.update(figures);
     if (target.enabled()) {
@@ -415,7 +426,8 @@ class Replica {
     return fetcher_->bytes_received() + pusher_->bytes_received() + observer_->bytes_received();
   }
 
-  void open_run_dir() {
+  // `joining`: a replacement for a lost replica 0 adds to the records of the running job.
+  void open_run_dir(bool joining) {
     if (out_dir_.empty()) return;
     std::error_code ec;
     std::filesystem::create_directories(out_dir_, ec);
@@ -423,8 +435,8 @@ class Replica {
       DT_THROW(IoError, "--out ", out_dir_, ": cannot create the run directory: ",
                ec ? ec.message() : "a file of that name is in the way");
     }
-    write_config(o_, data_, workers_, out_dir_);
-    metrics_ = MetricsLog(out_dir_, !o_.resume.empty());
+    if (!joining) write_config(o_, data_, workers_, out_dir_);
+    metrics_ = MetricsLog(out_dir_, !o_.resume.empty() || joining);
   }
 
   // Replicas other than 0 wait until replica 0 has pushed --warm-start times (at least once, so
@@ -450,6 +462,20 @@ class Replica {
       }
       std::this_thread::sleep_for(Millis(50));
     }
+  }
+
+  // Steps that take a fetch: every n_fetch steps, and each epoch's first (embed fetches the rows
+  // of the steps up to the next fetch point, and an epoch's batches come from a new order).
+  bool fetch_point(int64_t step) const {
+    return step % o_.n_fetch == 0 || step % steps_per_epoch_ == 0;
+  }
+
+  // Whether no shard has applied an update yet (a fresh job).
+  bool shards_untouched() {
+    for (const auto& s : observer_->stats()) {
+      if (s.updates > 0) return false;
+    }
+    return true;
   }
 
   // The clock ticks the shards saw pushed under this replica's id (0 for a fresh one).
@@ -498,7 +524,8 @@ class Replica {
       const int64_t s = from % steps_per_epoch_;
       auto shard = data::shard_indices(data_.x_train.size(0), me_, workers_, o_.seed, epoch);
       auto idx = torch::from_blob(shard.data(), {int64_t(shard.size())}, torch::kInt64);
-      const int64_t to = std::min<int64_t>(s + o_.n_fetch, steps_per_epoch_);
+      // The rows of the steps until the next fetch point (never past the epoch's end).
+      const int64_t to = std::min<int64_t>(s + (o_.n_fetch - from % o_.n_fetch), steps_per_epoch_);
       fetch_rows_ = rows_of(data_, idx, per_step_, s, to);
       fetch_row_values_.resize(fetch_rows_.size() * layout_->rows.width);
       rows_pulled_ += fetch_rows_.size();
@@ -521,7 +548,7 @@ class Replica {
   void take_fetch() {
     if (!fetch_.valid()) return;
     const int64_t pulled = fetch_.get();
-    pusher_->set_pulled_clock(pulled);
+    pulled_clock_ = pulled;  // read by start_push on this thread, handed to the push task
     torch::NoGradGuard guard;
     layout_->load(fetch_buf_);
     if (layout_->sparse()) {
@@ -535,11 +562,29 @@ class Replica {
     }
   }
 
+  // Whether `values` may be pushed; a non-finite value fails this replica (--on-nonfinite abort)
+  // or drops the push (skip): a diverged replica must not poison the shards every other replica
+  // trains on.
+  bool may_push(std::span<const float> values, const char* what) {
+    if (std::all_of(values.begin(), values.end(), [](float v) { return std::isfinite(v); })) {
+      return true;
+    }
+    if (engine::parse_on_nonfinite(o_.on_nonfinite) == engine::OnNonFinite::kAbort) {
+      DT_THROW(Error, "replica ", me_, ": non-finite gradient (NaN or Inf) in the ", what,
+               " to push at clock ", clock_, "; not pushed (--on-nonfinite skip drops such "
+               "pushes instead)");
+    }
+    spdlog::warn("replica {}: non-finite gradient in the {} at clock {}; push dropped "
+                 "(--on-nonfinite skip)", me_, what, clock_);
+    return false;
+  }
+
   void start_push() {
     if (accumulated_ == 0) return;
     if (push_.valid()) push_.get();  // one push in flight; its errors surface here
     const float scale = 1.0f / static_cast<float>(accumulated_);
     layout_->gradients(push_buf_, scale);
+    bool keep = may_push(push_buf_, "parameters");
     if (layout_->sparse()) {
       auto ids = std::get<0>(torch::_unique(torch::cat(window_rows_), true)).contiguous();
       window_rows_.clear();
@@ -548,8 +593,9 @@ class Replica {
       auto& grad = layout_->params[static_cast<size_t>(layout_->table)].mutable_grad();
       auto values = (grad.index_select(0, ids) * scale).contiguous();
       push_row_values_.assign(values.data_ptr<float>(), values.data_ptr<float>() + values.numel());
+      keep = keep && may_push(push_row_values_, "embedding rows");
       grad.index_fill_(0, ids, 0.0f);
-      rows_pushed_ += push_rows_.size();
+      if (keep) rows_pushed_ += push_rows_.size();
     }
     for (size_t i = 0; i < layout_->params.size(); ++i) {
       if (static_cast<int>(i) == layout_->table) continue;
@@ -557,8 +603,16 @@ class Replica {
       if (g.defined()) g.zero_();
     }
     accumulated_ = 0;
+    if (!keep) {
+      ++dropped_pushes_;
+      return;  // no clock tick either
+    }
     const int64_t tick = clock_++;
-    push_ = std::async(std::launch::async, [this, tick] {
+    // The clock of the parameters this gradient was computed on, read on this thread (the
+    // fetch taken next may change it before the push task runs).
+    const int64_t computed_on = pulled_clock_;
+    push_ = std::async(std::launch::async, [this, tick, computed_on] {
+      pusher_->set_pulled_clock(computed_on);
       std::vector<ps::Ticket> tickets;
       for (const auto& r : layout_->dense) {
         pusher_->set_clock(tick);  // one step's requests carry one clock
@@ -594,6 +648,8 @@ class Replica {
   std::future<int64_t> fetch_;
   std::future<void> push_;
   int64_t accumulated_ = 0;
+  int64_t pulled_clock_ = 0;  // the clock of the parameters the latest taken fetch holds
+  int64_t dropped_pushes_ = 0;  // --on-nonfinite skip
   int64_t clock_ = 0;  // pushes this replica has made
   uint64_t rows_pushed_ = 0, rows_pulled_ = 0;
   std::string out_dir_;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "dtrain/collective/collective.h"
@@ -71,6 +72,13 @@ void validate_downpour(const TrainOptions& o) {
   DT_ENFORCE(o.warm_start >= 0, "--warm-start must be >= 0 (replica 0's pushes before the "
              "others start), got ", o.warm_start);
   ps::Consistency::parse(o.consistency, "--consistency");
+  // The shards resume from and keep checkpointing into one directory.
+  DT_ENFORCE(o.resume.empty() || o.out_dir.empty() ||
+                 std::filesystem::path(o.resume).lexically_normal() ==
+                     std::filesystem::path(o.out_dir).lexically_normal(),
+             "--algorithm downpour resumes in place: the shards continue their checkpoints in "
+             "--resume ", o.resume, "; give it without --out (or --out the same directory), not "
+             "--out ", o.out_dir);
   if (!o.server_update.empty()) ps::UpdateRule::parse(o.server_update, "--server-update");
   DT_ENFORCE(o.accumulate == 1, "--accumulate ", o.accumulate, " is not taken by --algorithm ",
              "downpour: use --n-push to accumulate gradients over steps");

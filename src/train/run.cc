@@ -90,7 +90,7 @@ void write_config(const TrainOptions& o, const TensorData& d, int world, const s
     j["n_fetch"] = o.n_fetch;
     j["n_push"] = o.n_push;
     j["consistency"] = o.consistency;
-    j["server_update"] = o.server_update.empty() ? "adagrad:lr=" + std::to_string(o.lr)
+    j["server_update"] = o.server_update.empty() ? "adagrad:lr=" + nlohmann::json(o.lr).dump()
                                                  : o.server_update;
     j["warm_start"] = o.warm_start;
   }
