@@ -42,6 +42,9 @@ if(Torch_FOUND OR TORCH_FOUND)
     src/train/sync_sgd.cc
     src/train/local_sgd.cc
     src/train/downpour.cc
+    src/train/sandblaster.cc
+    src/train/sandblaster_lbfgs.cc
+    src/train/sandblaster_portions.cc
     src/train/local_sgd_schedule.cc
   )
   target_link_libraries(dtrain_torch PUBLIC dtrain_core ${TORCH_LIBRARIES} ${CMAKE_DL_LIBS})
@@ -65,6 +68,11 @@ if(Torch_FOUND OR TORCH_FOUND)
     dtrain_test(test_downpour LABEL torch tests/test_downpour.cc)
     target_compile_definitions(test_downpour PRIVATE DTRAIN_BINARY="$<TARGET_FILE:dtrain>")
     add_dependencies(test_downpour dtrain)
+    # Sandblaster: the coordinator's pieces, and whole jobs of the dtrain binary.
+    dtrain_test(test_sandblaster LABEL torch tests/test_sandblaster.cc)
+    target_link_libraries(test_sandblaster PRIVATE dtrain_torch)
+    target_compile_definitions(test_sandblaster PRIVATE DTRAIN_BINARY="$<TARGET_FILE:dtrain>")
+    add_dependencies(test_sandblaster dtrain)
   endif()
 else()
   message(STATUS "dtrain: LibTorch not found; `dtrain train` is not built")

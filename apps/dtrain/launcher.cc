@@ -372,7 +372,7 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
   int result = failed ? 1 : 0;
   if (!failed && !lost.empty()) {
     spdlog::warn("job finished without replica(s) {} (see above)", list(lost));
-    if (std::find(lost.begin(), lost.end(), 0) != lost.end()) {
+    if (options.records_on_replica0 && std::find(lost.begin(), lost.end(), 0) != lost.end()) {
       spdlog::warn("replica 0 writes the run's records and evaluates the final model: unless "
                    "a replacement for it finished, metrics.jsonl has no final record; the "
                    "shards' checkpoints (--out) hold the parameters, --resume continues from "

@@ -12,6 +12,7 @@
 #include "dtrain/torch/models.h"
 #include "dtrain/comm/rendezvous.h"
 #include "dtrain/train/downpour.h"
+#include "dtrain/train/sandblaster.h"
 #include "dtrain/train/trainer.h"
 #include "flag_checks.h"
 #include "group_flags.h"
@@ -27,8 +28,10 @@ std::string joined(const std::vector<std::string>& v) {
   return out;
 }
 
-// A Downpour rank: no group (replicas may die and join); roles by rank.
-int run_downpour(const train::TrainOptions& t, const GroupFlags& flags, int workers) {
+// A rank of a parameter-server job (Downpour, Sandblaster): no group (replicas may die and
+// join); roles by rank.
+int run_ps_job(const train::TrainOptions& t, const GroupFlags& flags, int workers) {
+  const std::string algorithm = "--algorithm " + t.algorithm;
   const comm::GroupOptions g = flags.resolve();
   train::DownpourJob job;
   if (g.rank) {
@@ -36,23 +39,27 @@ int run_downpour(const train::TrainOptions& t, const GroupFlags& flags, int work
     job.world = *g.size;
   } else {
     const auto env = comm::detect_launch_env();
-    DT_ENFORCE(env.has_value(), "--algorithm downpour needs its rank: start it with --workers N ",
+    DT_ENFORCE(env.has_value(), algorithm, " needs its rank: start it with --workers N ",
                "--servers S (local), or under a launcher (DTRAIN_RANK/DTRAIN_WORLD_SIZE, mpirun, ",
                "srun)");
     job.rank = env->rank;
     job.world = env->size;
   }
-  DT_ENFORCE(job.world == workers + t.servers, "--algorithm downpour: this job has ", job.world,
+  DT_ENFORCE(job.world == workers + t.servers, algorithm, ": this job has ", job.world,
              " ranks but --workers ", workers, " --servers ", t.servers, " make ",
              workers + t.servers, " (ranks 0..W-1 are replicas, the rest servers)");
-  DT_ENFORCE(!g.rendezvous.empty(), "--algorithm downpour needs --rendezvous (file:// or redis://)");
+  DT_ENFORCE(!g.rendezvous.empty(), algorithm, " needs --rendezvous (file:// or redis://)");
   job.rendezvous = g.rendezvous;
   job.run_id = g.run_id.empty() ? comm::detect_run_id() : g.run_id;
   job.nonce = comm::detect_job_nonce();
   job.host = g.host.empty() ? "127.0.0.1" : g.host;
   job.timeout = g.timeout;
   log::init(job.rank, job.world);
-  train::train_downpour(t, job);
+  if (train::is_sandblaster(t)) {
+    train::train_sandblaster(t, job);
+  } else {
+    train::train_downpour(t, job);
+  }
   return 0;
 }
 
@@ -128,7 +135,7 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
       ->capture_default_str();
   // Downpour (train/downpour.h).
   cmd->add_option("--servers", t.servers,
-                  "downpour: parameter-server ranks (after the --workers replicas)");
+                  "downpour, sandblaster: parameter-server ranks (after the --workers replicas)");
   cmd->add_option("--n-fetch", t.n_fetch, "downpour: steps between parameter fetches")
       ->capture_default_str();
   cmd->add_option("--n-push", t.n_push, "downpour: steps between gradient pushes")
@@ -141,6 +148,20 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
   cmd->add_option("--warm-start", t.warm_start,
                   "downpour: pushes replica 0 makes alone before the others start")
       ->capture_default_str();
+  // Sandblaster L-BFGS (train/sandblaster.h); --servers as for Downpour.
+  cmd->add_option("--portions", t.portions,
+                  "sandblaster: portions per batch, handed out on request (0: 8 per replica)")
+      ->capture_default_str();
+  cmd->add_flag("--no-backup", t.no_backup,
+                "sandblaster: no backup copies of outstanding portions at a batch's end");
+  cmd->add_option("--lbfgs-history", t.lbfgs_history,
+                  "sandblaster: L-BFGS pairs kept (its --epochs: objective evaluations, "
+                  "default 50)")
+      ->capture_default_str();
+  cmd->add_option("--l2", t.l2, "sandblaster: the objective's l2 term, l2/2 |w|^2")
+      ->capture_default_str();
+  cmd->add_option("--slow-rank", t.slow_rank,
+                  "sandblaster testing aid: R:FACTOR slows replica R FACTOR times (it sleeps)");
   cmd->callback([f, cmd, argc, argv, &exit_code] {
     // --resume DIR: the settings the run was started with, unless given again.
     const auto taken = take_settings_from_run(*cmd, f->train, f->workers);
@@ -151,18 +172,23 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
                   flags.c_str());
       std::fflush(stdout);
     }
+    // Sandblaster's --epochs counts objective evaluations (one pass over the batch each): two,
+    // the default for SGD, would stop L-BFGS before it starts.
+    if (train::is_sandblaster(f->train) && cmd->count("--epochs") == 0) f->train.epochs = 50;
     // Check every flag before starting processes, so a mistake fails once and fast.
     train::validate(f->train);
-    const bool downpour = train::is_downpour(f->train);
+    // Parameter-server jobs: replicas first, then the server ranks.
+    const bool downpour = train::is_downpour(f->train) || train::is_sandblaster(f->train);
     if (!running_as_rank() && f->group.rank < 0 && (f->workers > 1 || downpour)) {
       LaunchOptions lo;
       lo.workers = f->workers + (downpour ? f->train.servers : 0);
       if (downpour) lo.replicas = f->workers;
+      lo.records_on_replica0 = train::is_downpour(f->train);
       exit_code = launch_local(lo, argc, argv);
       return;
     }
     if (downpour) {
-      exit_code = run_downpour(f->train, f->group, f->workers);
+      exit_code = run_ps_job(f->train, f->group, f->workers);
       return;
     }
     auto group = comm::Group::connect(f->group.resolve());

@@ -1,4 +1,5 @@
-// Shard endpoints in the rendezvous store: "ps/shard/<s>" holds "<nonce>\n<endpoint>".
+// Endpoints in the rendezvous store: "ps/shard/<s>" (and "ps/service/<name>") holds
+// "<nonce>\n<endpoint>".
 #include "dtrain/ps/directory.h"
 
 #include <thread>
@@ -12,14 +13,45 @@ std::string key_of(int shard) {
   return "ps/shard/" + std::to_string(shard);
 }
 
+void publish(comm::Store& store, const std::string& key, const std::string& nonce,
+             const std::string& endpoint) {
+  DT_ENFORCE(nonce.find('\n') == std::string::npos, "parameter server: job nonce has a newline");
+  const std::string value = nonce + "\n" + endpoint;
+  store.set(key, std::vector<char>(value.begin(), value.end()));
+}
+
 }  // namespace
 
 void publish_shard(comm::Store& store, const std::string& nonce, int shard,
                    const std::string& endpoint) {
   DT_ENFORCE(shard >= 0, "parameter server: shard index ", shard);
-  DT_ENFORCE(nonce.find('\n') == std::string::npos, "parameter server: job nonce has a newline");
-  const std::string value = nonce + "\n" + endpoint;
-  store.set(key_of(shard), std::vector<char>(value.begin(), value.end()));
+  publish(store, key_of(shard), nonce, endpoint);
+}
+
+void publish_service(comm::Store& store, const std::string& nonce, const std::string& name,
+                     const std::string& endpoint) {
+  publish(store, "ps/service/" + name, nonce, endpoint);
+}
+
+std::string find_service(comm::Store& store, const std::string& nonce, const std::string& name,
+                         std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string foreign;
+  while (true) {
+    if (const auto value = store.try_get("ps/service/" + name)) {
+      const std::string text(value->begin(), value->end());
+      const size_t nl = text.find('\n');
+      if (nl != std::string::npos && text.substr(0, nl) == nonce && nl + 1 < text.size()) {
+        return text.substr(nl + 1);
+      }
+      foreign = text;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  DT_THROW(TimeoutError, "parameter server: the ", name, " did not publish its endpoint within ",
+           timeout.count(), " ms (job '", nonce, "')",
+           foreign.empty() ? "" : "; found an earlier job's record instead: ", foreign);
 }
 
 std::vector<std::string> find_shards(comm::Store& store, const std::string& nonce, int shards,

@@ -21,6 +21,7 @@
 #include "dtrain/ps/directory.h"
 #include "dtrain/ps/server.h"
 #include "evaluation.h"
+#include "ps_job.h"
 #include "run.h"
 
 namespace dtrain::train {
@@ -29,9 +30,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Millis = std::chrono::milliseconds;
 
-// A replica not heard from for this long is dead to the shards (heartbeats come 4x as often).
-// Half the timeout: a pull held for a dead replica is released well before it times out.
-Millis dead_after(const DownpourJob& job) { return std::min(job.timeout / 2, Millis(10000)); }
 
 std::string shard_file(const std::string& dir, int s) {
   return dir.empty() ? std::string() : dir + "/shard-" + std::to_string(s) + ".ps";
@@ -44,79 +42,7 @@ ps::UpdateRule server_rule(const TrainOptions& o) {
       "--server-update");
 }
 
-struct Store {
-  explicit Store(const DownpourJob& job)
-      : base(comm::open_store(comm::RendezvousUrl::parse(job.rendezvous))),
-        prefixed(job.run_id, *base) {}
-  std::unique_ptr<comm::Store> base;
-  comm::PrefixedStore prefixed;
-};
 
-// The model's parameters as one flat vector in registration order, and the embedding table's
-// rows in it (embed).
-struct Layout {
-  std::vector<torch::Tensor> params;
-  std::vector<uint64_t> offsets;
-  uint64_t length = 0;
-  int table = -1;  // index in params of the embedding table, or -1
-  ps::Table rows;
-  std::vector<ps::Range> dense;  // everything but the table, merged where contiguous
-
-  explicit Layout(torchx::Net& model) {
-    for (const auto& item : model.named_parameters()) {
-      const auto& p = item.value();
-      DT_ENFORCE(p.scalar_type() == torch::kFloat32 && p.is_contiguous(), "parameter ", item.key(),
-                 " is not a contiguous float32 tensor");
-      if (item.key() == "table.weight") {
-        table = static_cast<int>(params.size());
-        rows = {length, static_cast<uint64_t>(p.size(0)), static_cast<uint64_t>(p.size(1))};
-      } else if (!dense.empty() && dense.back().end == length) {
-        dense.back().end = length + static_cast<uint64_t>(p.numel());
-      } else {
-        dense.push_back({length, length + static_cast<uint64_t>(p.numel())});
-      }
-      params.push_back(p);
-      offsets.push_back(length);
-      length += static_cast<uint64_t>(p.numel());
-    }
-  }
-  bool sparse() const { return table >= 0; }
-  // Copies `flat` into the parameters (all but the table when sparse).
-  void load(const std::vector<float>& flat) {
-    for (size_t i = 0; i < params.size(); ++i) {
-      if (static_cast<int>(i) == table && sparse()) continue;
-      std::memcpy(params[i].data_ptr<float>(), flat.data() + offsets[i],
-                  static_cast<size_t>(params[i].numel()) * sizeof(float));
-    }
-  }
-  void load_all(const std::vector<float>& flat) {
-    for (size_t i = 0; i < params.size(); ++i) {
-      std::memcpy(params[i].data_ptr<float>(), flat.data() + offsets[i],
-                  static_cast<size_t>(params[i].numel()) * sizeof(float));
-    }
-  }
-  void store(std::vector<float>& flat) const {  // the parameters into `flat` (all of them)
-    for (size_t i = 0; i < params.size(); ++i) {
-      std::memcpy(flat.data() + offsets[i], params[i].data_ptr<float>(),
-                  static_cast<size_t>(params[i].numel()) * sizeof(float));
-    }
-  }
-  // The gradients (all but the table when sparse), scaled, into `flat`.
-  void gradients(std::vector<float>& flat, float scale) const {
-    for (size_t i = 0; i < params.size(); ++i) {
-      if (static_cast<int>(i) == table && sparse()) continue;
-      const auto& g = params[i].grad();
-      float* out = flat.data() + offsets[i];
-      const auto n = static_cast<size_t>(params[i].numel());
-      if (!g.defined()) {
-        std::fill(out, out + n, 0.0f);
-        continue;
-      }
-      const float* in = g.data_ptr<float>();
-      for (size_t k = 0; k < n; ++k) out[k] = in[k] * scale;
-    }
-  }
-};
 
 // The distinct embedding rows of the batches of steps [from, to) of this epoch's shard.
 std::vector<uint64_t> rows_of(const TensorData& d, const torch::Tensor& index, int64_t per_step,

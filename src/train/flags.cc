@@ -16,6 +16,7 @@
 #include "dtrain/reduce/reducer.h"
 #include "dtrain/torch/models.h"
 #include "dtrain/train/local_sgd_schedule.h"
+#include "dtrain/train/sandblaster.h"
 
 namespace dtrain::train {
 namespace {
@@ -88,6 +89,29 @@ void validate_downpour(const TrainOptions& o) {
   DT_ENFORCE(o.timeline.empty(), "--timeline is not recorded by --algorithm downpour");
 }
 
+// --algorithm sandblaster's own flags, and the ones it does not take.
+void validate_sandblaster(const TrainOptions& o) {
+  DT_ENFORCE(o.servers >= 1, "--algorithm sandblaster needs --servers S (S >= 1 parameter-server ",
+             "ranks; the coordinator runs beside shard 0), got ", o.servers);
+  DT_ENFORCE(o.portions >= 0, "--portions must be >= 0 (0: 8 per replica), got ", o.portions);
+  // Each pair is two named vectors on the shards, which hold at most 1024 (ps/server.cc).
+  DT_ENFORCE(o.lbfgs_history >= 1 && o.lbfgs_history <= 256,
+             "--lbfgs-history must be in [1, 256], got ", o.lbfgs_history);
+  DT_ENFORCE(o.n_fetch == 1 && o.n_push == 1 && o.consistency == "async" &&
+                 o.server_update.empty() && o.warm_start == 0,
+             "--n-fetch, --n-push, --consistency, --server-update and --warm-start are "
+             "Downpour's; --algorithm sandblaster fetches once per batch and sums portions");
+  DT_ENFORCE(o.l2 >= 0 && std::isfinite(o.l2), "--l2 must be >= 0, got ", o.l2);
+  DT_ENFORCE(o.model != "embed", "--algorithm sandblaster trains logreg, mlp or cnn (full-batch ",
+             "L-BFGS over dense parameters), not embed");
+  DT_ENFORCE(o.resume.empty(), "--algorithm sandblaster does not resume (--resume ", o.resume,
+             "): its L-BFGS history lives on the shards, which do not checkpoint it");
+  DT_ENFORCE(o.reduce == "dense" && o.average.empty() && o.timeline.empty() && o.accumulate == 1,
+             "--algorithm sandblaster sends portion gradients to the parameter servers; --reduce, ",
+             "--average, --timeline and --accumulate are not taken with it");
+  parse_slow_rank(o.slow_rank);
+}
+
 }  // namespace
 
 void validate(const TrainOptions& o) {
@@ -103,14 +127,23 @@ void validate(const TrainOptions& o) {
   DT_ENFORCE(schedule.kind != engine::Schedule::Kind::kMgwfbp || o.reduce == "dense",
              "--schedule mgwfbp plans the dense allreduce (its cost model times it); --reduce ",
              o.reduce, " has other costs: use --schedule fused, wfbp or single with it");
+  const bool parameter_server = o.algorithm == "downpour" || o.algorithm == "sandblaster";
   if (o.algorithm == "downpour") {
     validate_downpour(o);
+  } else if (o.algorithm == "sandblaster") {
+    validate_sandblaster(o);
   } else {
-    DT_ENFORCE(o.servers == 0, "--servers ", o.servers,
-               " dedicates parameter-server ranks; it needs --algorithm downpour");
+    DT_ENFORCE(o.servers == 0, "--servers ", o.servers, " dedicates parameter-server ranks; it ",
+               "needs --algorithm downpour or sandblaster");
   }
-  const auto algorithm =
-      o.algorithm == "downpour" ? LocalSgdSchedule{} : LocalSgdSchedule::parse(o.algorithm);
+  if (o.algorithm != "sandblaster") {
+    DT_ENFORCE(o.portions == 0 && !o.no_backup && o.l2 == 0 && o.slow_rank.empty() &&
+                   o.lbfgs_history == 10,
+               "--portions, --no-backup, --lbfgs-history, --l2 and --slow-rank are ",
+               "Sandblaster's; they need ",
+               "--algorithm sandblaster");
+  }
+  const auto algorithm = parameter_server ? LocalSgdSchedule{} : LocalSgdSchedule::parse(o.algorithm);
   if (!o.average.empty()) {
     DT_ENFORCE(algorithm.local, "--average ", o.average,
                " chooses the reducer of Local SGD's model averaging; it needs --algorithm local");

@@ -94,6 +94,14 @@ void write_config(const TrainOptions& o, const TensorData& d, int world, const s
                                                  : o.server_update;
     j["warm_start"] = o.warm_start;
   }
+  if (o.algorithm == "sandblaster") {
+    j["servers"] = o.servers;
+    j["portions"] = o.portions > 0 ? o.portions : 8 * world;
+    j["backup"] = !o.no_backup;
+    j["lbfgs_history"] = o.lbfgs_history;
+    j["l2"] = o.l2;
+    j["slow_rank"] = o.slow_rank;
+  }
   if (o.model == "embed") {
     j["fields"] = o.fields;
     j["vocab"] = o.vocab;

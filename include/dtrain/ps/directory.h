@@ -19,4 +19,11 @@ void publish_shard(comm::Store& store, const std::string& nonce, int shard,
 std::vector<std::string> find_shards(comm::Store& store, const std::string& nonce, int shards,
                                      std::chrono::milliseconds timeout);
 
+// Another service of the job (e.g. Sandblaster's coordinator) under "ps/service/<name>", with
+// the same nonce check; find_service waits up to `timeout` (TimeoutError naming the service).
+void publish_service(comm::Store& store, const std::string& nonce, const std::string& name,
+                     const std::string& endpoint);
+std::string find_service(comm::Store& store, const std::string& nonce, const std::string& name,
+                         std::chrono::milliseconds timeout);
+
 }  // namespace dtrain::ps

@@ -47,6 +47,16 @@ struct TrainOptions {
   std::string consistency = "async";
   std::string server_update;
   int64_t warm_start = 0;
+  // Sandblaster L-BFGS (--algorithm sandblaster, train/sandblaster.h), with `servers` as above:
+  // each objective evaluation (at most `epochs` of them) is one pass over the training set cut
+  // into `portions` (0: 8 per replica), with backup copies of outstanding portions at a batch's
+  // end unless no_backup; `lbfgs_history` pairs; the objective adds l2 / 2 * |w|^2; slow_rank
+  // "R:FACTOR" slows replica R by FACTOR (a testing aid: it sleeps).
+  int portions = 0;
+  bool no_backup = false;
+  int lbfgs_history = 10;
+  double l2 = 0;
+  std::string slow_rank;
   // Communication
   std::string reduce = "dense";
   std::string average;  // Local SGD: the reducer of the model averaging (empty: as --reduce)
