@@ -24,6 +24,10 @@ run() {
     echo "run $name failed (dtrain train $*): see $OUT/$name.log" >&2
     exit 1
   fi
+  if grep -q "failed" "$OUT/$name.log"; then  # a replica that did not end cleanly
+    echo "run $name: a rank failed (dtrain train $*): see $OUT/$name.log" >&2
+    exit 1
+  fi
 }
 
 data_of() {

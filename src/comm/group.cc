@@ -329,6 +329,40 @@ void Group::reconnect(int new_rank, int new_size) {
   rendezvous();
 }
 
+std::shared_ptr<Group> Group::split(int color, int key) {
+  check_usable();
+  const uint64_t tag = next_tag();
+  const uint64_t seq = splits_++;
+  // (color, key) of every rank: gathered on rank 0, then sent back to all.
+  std::vector<int64_t> table(2 * static_cast<size_t>(size_));
+  table[2 * rank_] = color;
+  table[2 * rank_ + 1] = key;
+  if (rank_ == 0) {
+    for (int r = 1; r < size_; ++r) {
+      recv_into(r, tag, std::as_writable_bytes(std::span(table).subspan(2 * r, 2)));
+    }
+    for (int r = 1; r < size_; ++r) send(r, tag, std::as_bytes(std::span(table)));
+  } else {
+    send(0, tag, std::as_bytes(std::span(table).subspan(2 * rank_, 2)));
+    recv_into(0, tag, std::as_writable_bytes(std::span(table)));
+  }
+  if (color < 0) return nullptr;
+  std::vector<int> members;
+  for (int r = 0; r < size_; ++r) {
+    if (table[2 * r] == color) members.push_back(r);
+  }
+  std::stable_sort(members.begin(), members.end(),
+                   [&](int a, int b) { return table[2 * a + 1] < table[2 * b + 1]; });
+  const auto me = std::find(members.begin(), members.end(), rank_);
+  GroupOptions sub = options_;
+  sub.rank = static_cast<int>(me - members.begin());
+  sub.size = static_cast<int>(members.size());
+  sub.run_id = detail::concat(options_.run_id, "/split", generation_, ".", seq, "/c", color);
+  auto group = connect(sub);
+  group->parent_ranks_ = std::move(members);
+  return group;
+}
+
 std::byte* Group::scratch(size_t nbytes, int which) {
   DT_ENFORCE(which >= 0 && which < kScratchAreas, "scratch area ", which, " does not exist");
   if (scratch_size_[which] < nbytes) {

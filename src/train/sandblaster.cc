@@ -509,7 +509,8 @@ TrainResult replica(const TrainOptions& o, const DownpourJob& job, int workers) 
     ++result.steps;
     result.samples_per_s += double(m.end - m.begin);  // samples, divided below
   }
-  client.done();
+  // No client.done(): the shards serve until the coordinator's shutdown (expected_workers 0),
+  // which follows its kStop at once, so a request now would wait for a shard that is gone.
   result.time_s = std::chrono::duration<double>(Clock::now() - began).count();
   result.samples_per_s /= std::max(result.time_s, 1e-9);
   result.bytes_sent = client.bytes_sent();

@@ -215,6 +215,20 @@ class Group : public std::enable_shared_from_this<Group> {
   void reconnect();
   void reconnect(int new_rank, int new_size);
 
+  // Splits this group into sub-groups, as MPI_Comm_split does. Every rank of this group calls it
+  // (a collective: the ranks first exchange their colors and keys). Ranks passing the same color
+  // >= 0 form one new Group, ranked by (key, rank in this group); a rank passing a negative color
+  // joins none and gets null. A sub-group is a Group of its own: its own connections, tags,
+  // deadlines and failure notices (a failure in one sub-group does not poison this group or the
+  // others). Its ranks meet through this group's rendezvous store under
+  // "<run id>/split<generation>.<n>/c<color>", n counting this group's splits, so no split ever
+  // meets another's keys. Throws what connect() throws (a member that never arrives: TimeoutError
+  // naming it).
+  std::shared_ptr<Group> split(int color, int key);
+  // For a group made by split(): the rank in the parent group of each member, indexed by rank in
+  // this group. Empty for a group made by connect().
+  const std::vector<int>& parent_ranks() const { return parent_ranks_; }
+
   // The underlying Gloo context (for the Gloo baseline adapter); null when size is 1.
   const std::shared_ptr<gloo::Context>& gloo_context() const { return context_; }
 
@@ -243,6 +257,8 @@ class Group : public std::enable_shared_from_this<Group> {
   int size_ = 1;
   uint64_t generation_ = 0;
   uint64_t next_tag_ = 1;
+  uint64_t splits_ = 0;
+  std::vector<int> parent_ranks_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<std::byte[]> scratch_[kScratchAreas];
   size_t scratch_size_[kScratchAreas] = {};
