@@ -28,6 +28,7 @@ if(Torch_FOUND OR TORCH_FOUND)
   message(STATUS "dtrain: building the LibTorch training layer (${TORCH_LIBRARIES})")
   add_library(dtrain_torch STATIC
     src/torch/models.cc
+    src/torch/partitioned_mlp.cc
     src/torch/bridge.cc
     src/torch/grad_views.cc
     src/train/checkpoint.cc
@@ -41,6 +42,7 @@ if(Torch_FOUND OR TORCH_FOUND)
     src/train/loop.cc
     src/train/sync_sgd.cc
     src/train/local_sgd.cc
+    src/train/model_parallel.cc
     src/train/downpour.cc
     src/train/sandblaster.cc
     src/train/sandblaster_lbfgs.cc
@@ -51,7 +53,8 @@ if(Torch_FOUND OR TORCH_FOUND)
   target_compile_options(dtrain_torch PUBLIC -Wno-unused-parameter -Wno-sign-compare)
   # torch/torch.h dominates compile time; parse it once for the whole library.
   target_precompile_headers(dtrain_torch PRIVATE <torch/torch.h>)
-  target_sources(dtrain_cli PRIVATE apps/dtrain/train_cmd.cc apps/dtrain/resume_settings.cc)
+  target_sources(dtrain_cli PRIVATE apps/dtrain/train_cmd.cc apps/dtrain/resume_settings.cc
+                                    apps/dtrain/bench_model_parallel.cc)
   target_link_libraries(dtrain_cli PUBLIC dtrain_torch)
   target_compile_definitions(dtrain_cli PUBLIC DTRAIN_WITH_TORCH=1)
   if(BUILD_TESTING)
@@ -64,6 +67,9 @@ if(Torch_FOUND OR TORCH_FOUND)
     dtrain_test(test_time_to_accuracy LABEL torch tests/test_time_to_accuracy.cc)
     target_link_libraries(test_time_to_accuracy PRIVATE dtrain_torch)
     target_include_directories(test_time_to_accuracy PRIVATE ${PROJECT_SOURCE_DIR}/src)
+    # Model parallelism: partitions of one MLP as threads, against the unpartitioned model.
+    dtrain_test(test_model_parallel LABEL torch tests/test_model_parallel.cc)
+    target_link_libraries(test_model_parallel PRIVATE dtrain_torch)
     # Downpour: replicas and parameter servers as processes of the dtrain binary.
     dtrain_test(test_downpour LABEL torch tests/test_downpour.cc)
     target_compile_definitions(test_downpour PRIVATE DTRAIN_BINARY="$<TARGET_FILE:dtrain>")

@@ -19,6 +19,10 @@ void add_bench_compress(CLI::App& bench, int argc, char** argv, int& exit_code);
 // process (built with LibTorch, as the training layer it belongs to).
 void add_bench_localsgd(CLI::App& bench, int argc, char** argv, int& exit_code);
 
+// `dtrain bench model-parallel`: one MLP split by neurons or layers over 1, 2, 4... ranks
+// (built with LibTorch).
+void add_bench_model_parallel(CLI::App& bench, int argc, char** argv, int& exit_code);
+
 // `dtrain train` (built with LibTorch).
 void add_train(CLI::App& app, int argc, char** argv, int& exit_code);
 

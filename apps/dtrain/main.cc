@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   dtrain::app::add_bench_omnireduce(*bench, argc, argv, exit_code);
 #ifdef DTRAIN_WITH_TORCH
   dtrain::app::add_bench_localsgd(*bench, argc, argv, exit_code);
+  dtrain::app::add_bench_model_parallel(*bench, argc, argv, exit_code);
 #endif
   try {
     dtrain::log::init(-1, 0);

@@ -148,6 +148,19 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
   cmd->add_option("--warm-start", t.warm_start,
                   "downpour: pushes replica 0 makes alone before the others start")
       ->capture_default_str();
+  // Model parallelism (train/model_parallel.cc).
+  cmd->add_option("--model-parallel", t.model_parallel,
+                  "mlp: ranks per replica (K >= 2 splits each replica over K ranks; --workers must "
+                  "be a multiple of K; the replicas average gradients every step)")
+      ->capture_default_str();
+  cmd->add_option("--partition", t.partition,
+                  "with --model-parallel: neurons (a slice of every layer's units per rank) or "
+                  "layers (a pipeline of stages of whole layers)")
+      ->capture_default_str();
+  cmd->add_option("--pipeline", t.pipeline,
+                  "with --partition layers: micro-batches per step that follow each other through "
+                  "the stages (GPipe), so the stages work at once; 1: they take turns")
+      ->capture_default_str();
   // Sandblaster L-BFGS (train/sandblaster.h); --servers as for Downpour.
   cmd->add_option("--portions", t.portions,
                   "sandblaster: portions per batch, handed out on request (0: 8 per replica)")
@@ -177,6 +190,11 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
     if (train::is_sandblaster(f->train) && cmd->count("--epochs") == 0) f->train.epochs = 50;
     // Check every flag before starting processes, so a mistake fails once and fast.
     train::validate(f->train);
+    if (f->group.rank < 0 && !running_as_rank()) {
+      DT_ENFORCE(f->workers % f->train.model_parallel == 0, "--workers ", f->workers,
+                 " ranks do not make whole replicas of --model-parallel ",
+                 f->train.model_parallel, " ranks each");
+    }
     // Parameter-server jobs: replicas first, then the server ranks.
     const bool downpour = train::is_downpour(f->train) || train::is_sandblaster(f->train);
     if (!running_as_rank() && f->group.rank < 0 && (f->workers > 1 || downpour)) {

@@ -12,6 +12,7 @@
 #include "dtrain/common/hash.h"
 #include "dtrain/engine/engine.h"
 #include "dtrain/ps/consistency.h"
+#include "dtrain/torch/partitioned_mlp.h"
 #include "dtrain/ps/update_rule.h"
 #include "dtrain/reduce/reducer.h"
 #include "dtrain/torch/models.h"
@@ -59,7 +60,10 @@ std::vector<std::pair<const char*, std::string>> shared_flags(const TrainOptions
           {"--resume", o.resume.empty() ? "" : "given"},
           {"--log-every", std::to_string(o.log_every)},
           {"--eval-every", std::to_string(o.eval_every)},
-          {"--target-accuracy", num(o.target_accuracy)}};
+          {"--target-accuracy", num(o.target_accuracy)},
+          {"--model-parallel", std::to_string(o.model_parallel)},
+          {"--partition", o.partition},
+          {"--pipeline", std::to_string(o.pipeline)}};
 }
 
 // --algorithm downpour's own flags, and the ones it does not take.
@@ -112,6 +116,39 @@ void validate_sandblaster(const TrainOptions& o) {
   parse_slow_rank(o.slow_rank);
 }
 
+// --model-parallel's combinations: the partitioned MLP trains with synchronous data parallelism
+// across replicas and nothing else yet.
+void validate_model_parallel(const TrainOptions& o) {
+  DT_ENFORCE(o.model_parallel >= 1, "--model-parallel must be >= 1 (ranks per replica), got ",
+             o.model_parallel);
+  const auto how = torchx::parse_partitioning(o.partition);
+  DT_ENFORCE(o.pipeline >= 1 && o.pipeline <= o.batch_size, "--pipeline must be in [1, ",
+             "--batch-size ", o.batch_size, "] (micro-batches per step), got ", o.pipeline);
+  DT_ENFORCE(o.pipeline == 1 || (o.model_parallel > 1 && how == torchx::Partitioning::kLayers),
+             "--pipeline ", o.pipeline, " pipelines the stages of --model-parallel K ",
+             "--partition layers; it is not taken otherwise");
+  if (o.model_parallel == 1) {
+    DT_ENFORCE(o.partition == "neurons", "--partition ", o.partition,
+               " splits a replica over ranks; it needs --model-parallel K with K >= 2");
+    return;
+  }
+  const std::string mp = "--model-parallel " + std::to_string(o.model_parallel);
+  DT_ENFORCE(o.model == "mlp", mp, " partitions the mlp (by neurons or layers), not --model ",
+             o.model);
+  DT_ENFORCE(o.algorithm == "sync", mp, " trains replicas synchronously (--algorithm sync), ",
+             "not --algorithm ", o.algorithm);
+  DT_ENFORCE(o.reduce == "dense" && o.schedule == "fused:25",
+             mp, " averages each partition's gradients in one dense allreduce per step; --reduce ",
+             "and --schedule are not taken with it");
+  DT_ENFORCE(o.resume.empty() && o.checkpoint_every == 0, mp,
+             " does not checkpoint (each partition would need its own file): --resume and "
+             "--checkpoint-every are not taken with it");
+  DT_ENFORCE(o.accumulate == 1 && o.timeline.empty() && o.eval_every == 0 &&
+                 o.target_accuracy == 0,
+             mp, ": --accumulate, --timeline, --eval-every and --target-accuracy are not taken ",
+             "with it (the test set is evaluated at each epoch's end)");
+}
+
 }  // namespace
 
 void validate(const TrainOptions& o) {
@@ -127,6 +164,7 @@ void validate(const TrainOptions& o) {
   DT_ENFORCE(schedule.kind != engine::Schedule::Kind::kMgwfbp || o.reduce == "dense",
              "--schedule mgwfbp plans the dense allreduce (its cost model times it); --reduce ",
              o.reduce, " has other costs: use --schedule fused, wfbp or single with it");
+  validate_model_parallel(o);
   const bool parameter_server = o.algorithm == "downpour" || o.algorithm == "sandblaster";
   if (o.algorithm == "downpour") {
     validate_downpour(o);

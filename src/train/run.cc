@@ -102,6 +102,12 @@ void write_config(const TrainOptions& o, const TensorData& d, int world, const s
     j["l2"] = o.l2;
     j["slow_rank"] = o.slow_rank;
   }
+  if (o.model_parallel > 1) {
+    j["model_parallel"] = o.model_parallel;
+    j["partition"] = o.partition;
+    j["pipeline"] = o.pipeline;
+    j["replicas"] = world / o.model_parallel;
+  }
   if (o.model == "embed") {
     j["fields"] = o.fields;
     j["vocab"] = o.vocab;

@@ -19,8 +19,6 @@
 namespace dtrain::train {
 
 // Pieces Run is built from, also used by schemes that run without a group (Downpour).
-// Pins LibTorch and OpenBLAS to `threads` threads.
-void pin_threads(int threads);
 // The model of --model, initialised from --seed (the same on every rank).
 std::shared_ptr<torchx::Net> make_model(const TrainOptions& o, const TensorData& d);
 // DIR/config.json: the run's settings.

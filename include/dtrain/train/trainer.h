@@ -57,6 +57,12 @@ struct TrainOptions {
   int lbfgs_history = 10;
   double l2 = 0;
   std::string slow_rank;
+  // Model parallelism (train/model_parallel.cc): each replica of the mlp spans model_parallel
+  // consecutive ranks, partitioned by "neurons" or "layers" (torch/partitioned_mlp.h); the
+  // world / model_parallel replicas average their gradients every step (synchronous).
+  int model_parallel = 1;
+  std::string partition = "neurons";
+  int pipeline = 1;  // layers: micro-batches that follow each other through the stages
   // Communication
   std::string reduce = "dense";
   std::string average;  // Local SGD: the reducer of the model averaging (empty: as --reduce)
@@ -97,6 +103,10 @@ struct TrainResult {
   int64_t rounds = 0;            // communication rounds (steps with gradients averaged plus
                                  // model averagings)
 };
+
+// Pins LibTorch and OpenBLAS to `threads` threads in this process (OpenBLAS through its runtime
+// call when the BLAS in use is OpenBLAS).
+void pin_threads(int threads);
 
 // Checks every option (names, ranges, combinations) and throws InvalidArgument naming the flag.
 // Rank-independent: the CLI calls it once before starting any worker.
