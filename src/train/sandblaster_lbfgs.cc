@@ -47,6 +47,7 @@ LbfgsResult minimize_lbfgs(VectorOps& ops, const std::function<double()>& evalua
   if (std::sqrt(gg) <= o.tolerance_grad) return finish("gradient");
   DT_ENFORCE(std::isfinite(gg), "L-BFGS: the gradient at the initial point is not finite");
 
+  int small_changes = 0;  // consecutive iterations whose change was below tolerance_change
   for (int it = 1;; ++it) {
     // d = -H g by the two-loop recursion.
     ops.copy("g", "d");
@@ -128,8 +129,12 @@ LbfgsResult minimize_lbfgs(VectorOps& ops, const std::function<double()>& evalua
     if (!std::isfinite(gg)) return finish("non-finite gradient");
     if (on_iteration) on_iteration({it, r.evaluations, f, std::sqrt(gg), t});
     if (std::sqrt(gg) <= o.tolerance_grad) return finish("gradient");
+    // A stall is two small changes in a row: one alone may be a short step after the history
+    // was reset (seen with float32 gradients summed in varying order), not the optimum.
     if (std::abs(f_prev - f) <= o.tolerance_change * std::max(1.0, std::abs(f))) {
-      return finish("change");
+      if (++small_changes >= 2) return finish("change");
+    } else {
+      small_changes = 0;
     }
     if (r.evaluations >= o.max_evaluations) return finish("budget");
   }

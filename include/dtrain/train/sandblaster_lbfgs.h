@@ -32,7 +32,7 @@ struct LbfgsOptions {
   int history = 10;
   int max_evaluations = 100;        // objective evaluations in all (line-search trials included)
   double tolerance_grad = 1e-7;     // stop when |g| <= this
-  double tolerance_change = 1e-10;  // stop when |f_prev - f| <= this * max(1, |f|)
+  double tolerance_change = 1e-10;  // stop when |f_prev - f| <= this * max(1, |f|), twice in a row
   double armijo = 1e-4;             // sufficient decrease: f <= f_prev + armijo * t * g'd
   int max_backtracks = 30;          // halvings of the step before the search gives up
 };
