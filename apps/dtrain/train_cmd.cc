@@ -215,7 +215,14 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
     // Whatever ends this rank's training (its own error, or a reducer's on the engine's thread)
     // is announced to the others, who then fail at once naming this rank and the cause.
     comm::run_rank(*group, [&] { result = train::train(f->train, *group); });
-    if (group->rank() == 0 && !f->train.quiet) {
+    if (group->rank() == 0 && !f->train.quiet && f->train.model_parallel > 1) {
+      // No gradient engine: the partitions exchange and average in line with the step.
+      std::printf(
+          "done: %lld steps in %.1f s, %.0f samples/s, test accuracy %.2f%%, %.1f MB sent by "
+          "rank 0\n",
+          (long long)result.steps, result.time_s, result.samples_per_s, result.test_accuracy * 100,
+          result.bytes_sent / 1e6);
+    } else if (group->rank() == 0 && !f->train.quiet) {
       std::printf(
           "done: %lld steps in %.1f s, %.0f samples/s, test accuracy %.2f%%, %.1f MB sent "
           "per rank; communication busy %.1f s (%.0f%% hidden behind backprop), training waited "
