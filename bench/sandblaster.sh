@@ -24,7 +24,7 @@ run() {
     echo "run $name failed (dtrain train $*): see $OUT/$name.log" >&2
     exit 1
   fi
-  if grep -q "failed" "$OUT/$name.log"; then  # a replica that did not end cleanly
+  if grep -qE "rank [0-9]+\)? failed" "$OUT/$name.log"; then  # a rank that did not end cleanly
     echo "run $name: a rank failed (dtrain train $*): see $OUT/$name.log" >&2
     exit 1
   fi

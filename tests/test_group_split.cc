@@ -142,7 +142,13 @@ TEST(GroupSplit, FailureStaysInItsSubGroup) {
         EXPECT_EQ(sum_of_parent_ranks(*sub, g.rank()), 5);
       }
     }
+    // The parent group is untouched: a collective on it still works.
     EXPECT_FALSE(g.poisoned());
+    std::vector<float> all(3, 1.0f);
+    collective::AllreduceOptions o(g);
+    o.output = all;
+    collective::allreduce(o);
+    EXPECT_EQ(all[2], 4.0f);
   });
 }
 

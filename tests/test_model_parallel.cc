@@ -282,6 +282,8 @@ TEST(ModelParallelTraining, BadCombinationsAreNamed) {
   o.partition = "rows";
   EXPECT_INVALID(train::validate(o), "layers, neurons");
   o.partition = "layers";
+  o.model_parallel = 4;  // the default mlp has 3 layers
+  EXPECT_INVALID(train::validate(o), "needs a layer per stage");
   o.model_parallel = 1;
   EXPECT_INVALID(train::validate(o), "needs --model-parallel");
   o.model_parallel = 2;

@@ -237,13 +237,15 @@ TEST_F(Sandblaster, AKilledReplicasPortionsAreReassignedAndTheBatchCompletes) {
   // it dead (half the timeout without a heartbeat).
   const std::string out = (dir_ / "run").string(), log = (dir_ / "log").string();
   auto args = flags(3, out);
-  for (const char* a : {"--epochs", "12", "--portions", "6", "--no-backup", "--slow-rank", "1:2000",
-                        "--timeout", "8"}) {
+  // --timeout 30: every portion of replica 1 must end within it while the machine is loaded
+  // (a CI run of -j2 tests slowed its portions tenfold: at 2000x they passed 8 s).
+  for (const char* a : {"--epochs", "12", "--portions", "6", "--no-backup", "--slow-rank", "1:200",
+                        "--timeout", "30"}) {
     args.push_back(a);
   }
   const pid_t launcher = start(args, log);
-  // Replica 1 is 2000x slower (about a second per portion): after the first batch it is
-  // mid-portion.
+  // Replica 1 is 200x slower (0.1 to 1 s per portion, by load): after the first batch it is
+  // likely mid-portion; if not, it dies between portions, which the job must survive too.
   const auto until = dtrain_process::Clock::now() + 120s;
   while (records(out, "batch").empty() && dtrain_process::Clock::now() < until) {
     std::this_thread::sleep_for(20ms);

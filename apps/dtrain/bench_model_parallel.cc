@@ -2,8 +2,9 @@
 // layers where the model has enough layers), in one run: the job's ranks split into a sub-group
 // of the first K ranks for each K while the others wait. Per setting: the median step time
 // (forward and backward of a batch, the slowest partition's time), the speedup over one rank and
-// the bytes that crossed partitions per step (all partitions together). The partition by layers
-// is measured as it is (stages take turns) and with --micro-batches (pipelined).
+// the bytes the partitions' transfers sent per step (payload, all partitions together). The
+// partition by layers is measured without micro-batches (a stage's weight gradients overlap the
+// stages before it, nothing else does) and with --micro-batches (pipelined).
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -54,10 +55,13 @@ void run_rank(const BenchFlags& f) {
                 "speedup", "MB crossing/step", "weights/rank M");
   }
   nlohmann::json results = nlohmann::json::array();
-  torch::manual_seed(1);
+  DT_ENFORCE(f.width >= sizes.back(), "--width ", f.width, ": a split by neurons over ",
+             sizes.back(), " ranks needs at least that many units per layer");
   for (int depth : f.depths) {
     DT_ENFORCE(depth >= 1, "--depths: a model needs at least one layer, got ", depth);
     const std::vector<int64_t> widths(depth + 1, f.width);
+    // Every rank the same batch (the partitions' initialisations drew different amounts).
+    torch::manual_seed(1);
     const auto x = torch::randn({f.batch, f.width});
     const auto y = torch::randint(f.width, {f.batch}, torch::kLong);
     double one_rank[2] = {0, 0};  // by neurons' code (autograd), by layers' (backward by hand)
@@ -108,7 +112,10 @@ void run_rank(const BenchFlags& f) {
           bytes = static_cast<uint64_t>(sum[0]);
           weights = all[1];
         }
-        collective::barrier(collective::BarrierOptions(g));
+        // The ranks outside the sub-group wait here for as long as the setting runs.
+        collective::BarrierOptions wait_all(g);
+        wait_all.timeout = comm::Millis(24 * 3600 * 1000);
+        collective::barrier(wait_all);
         if (g.rank() != 0) continue;
         const double med = percentile(times, 0.5);
         double& base = one_rank[how == torchx::Partitioning::kLayers ? 1 : 0];

@@ -135,6 +135,15 @@ void validate_model_parallel(const TrainOptions& o) {
   const std::string mp = "--model-parallel " + std::to_string(o.model_parallel);
   DT_ENFORCE(o.model == "mlp", mp, " partitions the mlp (by neurons or layers), not --model ",
              o.model);
+  const int layers = static_cast<int>(o.hidden.size()) + 1;
+  DT_ENFORCE(how == torchx::Partitioning::kNeurons || o.model_parallel <= layers, mp,
+             " --partition layers needs a layer per stage; the mlp has ", layers,
+             " (--hidden adds more)");
+  for (int64_t h : o.hidden) {
+    DT_ENFORCE(how == torchx::Partitioning::kLayers || h >= o.model_parallel, mp,
+               " --partition neurons needs at least ", o.model_parallel,
+               " units in every layer; --hidden has one of ", h);
+  }
   DT_ENFORCE(o.algorithm == "sync", mp, " trains replicas synchronously (--algorithm sync), ",
              "not --algorithm ", o.algorithm);
   DT_ENFORCE(o.reduce == "dense" && o.schedule == "fused:25",

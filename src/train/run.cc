@@ -29,9 +29,8 @@ void pin_threads(int threads) {
   }
 }
 
-namespace {
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, torchx::Net& model) {
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o,
+                                                        torch::nn::Module& model) {
   if (o.optimizer == "adam") {
     return std::make_unique<torch::optim::Adam>(model.parameters(),
                                                 torch::optim::AdamOptions(o.lr));
@@ -39,8 +38,6 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o, t
   auto opts = torch::optim::SGDOptions(o.lr).momentum(o.optimizer == "momentum" ? o.momentum : 0);
   return std::make_unique<torch::optim::SGD>(model.parameters(), opts);
 }
-
-}  // namespace
 
 std::shared_ptr<torchx::Net> make_model(const TrainOptions& o, const TensorData& d) {
   torchx::ModelSpec spec;

@@ -19,6 +19,9 @@
 namespace dtrain::train {
 
 // Pieces Run is built from, also used by schemes that run without a group (Downpour).
+// The optimizer of --optimizer (sgd, momentum, adam) over the module's parameters.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainOptions& o,
+                                                        torch::nn::Module& model);
 // The model of --model, initialised from --seed (the same on every rank).
 std::shared_ptr<torchx::Net> make_model(const TrainOptions& o, const TensorData& d);
 // DIR/config.json: the run's settings.

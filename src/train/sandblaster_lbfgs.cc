@@ -66,6 +66,7 @@ LbfgsResult minimize_lbfgs(VectorOps& ops, const std::function<double()>& evalua
     if (!(gd < 0)) {  // not a descent direction (rounding): start over from steepest descent
       for (const auto& p : history) free_slots.push_back(p.slot);
       history.clear();
+      small_changes = 0;  // the short step that follows a reset is not a stall
       ops.copy("g", "d");
       ops.scale(-1.0, "d");
       gd = -gg;
@@ -98,6 +99,7 @@ LbfgsResult minimize_lbfgs(VectorOps& ops, const std::function<double()>& evalua
         // The quasi-Newton direction failed: forget the history, try steepest descent once.
         for (const auto& p : history) free_slots.push_back(p.slot);
         history.clear();
+        small_changes = 0;
         --it;
         continue;
       }
