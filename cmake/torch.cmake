@@ -29,6 +29,7 @@ if(Torch_FOUND OR TORCH_FOUND)
   add_library(dtrain_torch STATIC
     src/torch/models.cc
     src/torch/partitioned_mlp.cc
+    src/torch/distributed_model.cc
     src/torch/bridge.cc
     src/torch/grad_views.cc
     src/train/checkpoint.cc
@@ -67,6 +68,9 @@ if(Torch_FOUND OR TORCH_FOUND)
     dtrain_test(test_time_to_accuracy LABEL torch tests/test_time_to_accuracy.cc)
     target_link_libraries(test_time_to_accuracy PRIVATE dtrain_torch)
     target_include_directories(test_time_to_accuracy PRIVATE ${PROJECT_SOURCE_DIR}/src)
+    # The library API (dtrain/dtrain.h) around a user's own module.
+    dtrain_test(test_api LABEL torch tests/test_api.cc)
+    target_link_libraries(test_api PRIVATE dtrain_torch)
     # Model parallelism: partitions of one MLP as threads, against the unpartitioned model.
     dtrain_test(test_model_parallel LABEL torch tests/test_model_parallel.cc)
     target_link_libraries(test_model_parallel PRIVATE dtrain_torch)
@@ -79,6 +83,23 @@ if(Torch_FOUND OR TORCH_FOUND)
     target_link_libraries(test_sandblaster PRIVATE dtrain_torch)
     target_compile_definitions(test_sandblaster PRIVATE DTRAIN_BINARY="$<TARGET_FILE:dtrain>")
     add_dependencies(test_sandblaster dtrain)
+  endif()
+  # Programs a user would copy (examples/): built here, run briefly by the tests as 2 ranks.
+  foreach(example residual_cnn minimal_mlp)
+    add_executable(${example} examples/${example}.cc)
+    target_link_libraries(${example} PRIVATE dtrain_torch)
+  endforeach()
+  if(BUILD_TESTING)
+    add_test(NAME Examples.ResidualCnnWithExdyna
+             COMMAND ${PROJECT_SOURCE_DIR}/examples/run_ranks.sh 2 $<TARGET_FILE:residual_cnn>
+                     --reduce exdyna:0.01 --max-steps 100 --batch-size 32)
+    add_test(NAME Examples.ResidualCnnDense
+             COMMAND ${PROJECT_SOURCE_DIR}/examples/run_ranks.sh 2 $<TARGET_FILE:residual_cnn>
+                     --reduce dense --max-steps 100 --batch-size 32)
+    add_test(NAME Examples.MinimalMlp
+             COMMAND ${PROJECT_SOURCE_DIR}/examples/run_ranks.sh 2 $<TARGET_FILE:minimal_mlp> 100)
+    set_tests_properties(Examples.ResidualCnnWithExdyna Examples.ResidualCnnDense
+                         Examples.MinimalMlp PROPERTIES LABELS torch TIMEOUT 600)
   endif()
 else()
   message(STATUS "dtrain: LibTorch not found; `dtrain train` is not built")

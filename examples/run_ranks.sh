@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs an example program as N local ranks (dtrain's environment, a fresh file rendezvous) and
+# fails if any rank fails:  examples/run_ranks.sh N PROGRAM [ARGS...]
+set -euo pipefail
+n=$1
+shift
+rdzv=$(mktemp -d)
+trap 'rm -rf "$rdzv"' EXIT
+pids=()
+for ((r = 0; r < n; r++)); do
+  DTRAIN_RANK=$r DTRAIN_WORLD_SIZE=$n DTRAIN_RENDEZVOUS="file://$rdzv" DTRAIN_HOST=127.0.0.1 \
+    DTRAIN_RUN_ID="example-$$" "$@" &
+  pids+=($!)
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+exit $status

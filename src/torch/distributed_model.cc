@@ -1,0 +1,130 @@
+// dtrain::DistributedModel: the engine's gradient path around a user's module (dtrain.h).
+#include <cstdlib>
+
+#include "dtrain/collective/collective.h"
+#include "dtrain/dtrain.h"
+#include "dtrain/engine/engine.h"
+#include "dtrain/engine/mgwfbp.h"
+#include "dtrain/reduce/reducer.h"
+#include "dtrain/torch/bridge.h"
+#include "dtrain/torch/grad_views.h"
+
+namespace dtrain {
+namespace {
+
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::string(v) : fallback;
+}
+
+}  // namespace
+
+std::shared_ptr<comm::Group> join(const comm::GroupOptions& options) {
+  comm::GroupOptions o = options;
+  if (o.rendezvous.empty()) o.rendezvous = env_or("DTRAIN_RENDEZVOUS", "");
+  if (o.host.empty() && o.iface.empty()) {
+    o.host = env_or("DTRAIN_HOST", "");
+    o.iface = env_or("DTRAIN_IFACE", "");
+  }
+  return comm::Group::connect(o);
+}
+
+DistributedModel::DistributedModel(torch::nn::Module& module, std::shared_ptr<comm::Group> group,
+                                   DistributedOptions options)
+    : module_(module), group_(std::move(group)), options_(std::move(options)) {
+  DT_ENFORCE(group_ != nullptr, "DistributedModel: no group (dtrain::join() makes one)");
+  // Every spec is checked before any collective, so a typo fails alike on every rank.
+  reduce::validate_reducer_spec(options_.reduce);
+  const auto schedule = engine::Schedule::parse(options_.schedule);
+  const auto on_nonfinite = engine::parse_on_nonfinite(options_.on_nonfinite);
+  DT_ENFORCE(schedule.kind != engine::Schedule::Kind::kMgwfbp || options_.reduce == "dense",
+             "schedule mgwfbp plans the dense allreduce; reduce '", options_.reduce,
+             "' has other costs: use fused, wfbp or single with it");
+  DT_ENFORCE(!module_.parameters().empty(), "DistributedModel: the module has no parameters");
+  for (const auto& p : module_.parameters()) {
+    DT_ENFORCE(p.scalar_type() == torch::kFloat && p.device().is_cpu(),
+               "DistributedModel: parameters must be float32 on the CPU; one is ", p.scalar_type(),
+               " on ", p.device());
+  }
+  torchx::broadcast_parameters(module_, *group_);
+  engine_ = std::make_unique<engine::GradientEngine>(torchx::param_infos(module_), schedule,
+                                                     reduce::make_reducer(options_.reduce, *group_),
+                                                     on_nonfinite, nullptr);
+  views_ = std::make_unique<torchx::GradViews>(module_, *engine_);
+  if (schedule.kind == engine::Schedule::Kind::kMgwfbp) {
+    mgwfbp_ = std::make_unique<engine::MgwfbpScheduler>(*engine_, *group_);
+  }
+}
+
+DistributedModel::~DistributedModel() = default;
+
+void DistributedModel::begin_step() {
+  DT_ENFORCE(!open_, "DistributedModel::begin_step: step ", step_,
+             " is still open (call step() or synchronize() first)");
+  // mgwfbp measures during its first steps and installs its plan after one: between steps, as
+  // the .grad views move with the buckets.
+  if (mgwfbp_ && step_ > 0 && mgwfbp_->after_step()) views_->refresh();
+  if (options_.broadcast_buffers && group_->size() > 1) {
+    torch::NoGradGuard no_grad;
+    for (auto& b : module_.buffers()) {
+      DT_ENFORCE(
+          b.is_contiguous() && b.device().is_cpu() && (b.numel() * b.element_size()) % 4 == 0,
+          "DistributedModel: a buffer of ", b.numel(), " ", b.scalar_type(),
+          " cannot be broadcast (contiguous CPU tensors of whole 4-byte words only)");
+      collective::BroadcastOptions o(*group_);
+      o.data = collective::View(b.data_ptr(), b.numel() * b.element_size() / 4,
+                                collective::DataType::kInt32);
+      o.root = 0;
+      collective::broadcast(o);
+    }
+  }
+  engine_->begin_step(step_);
+  open_ = true;
+}
+
+void DistributedModel::backward(const torch::Tensor& loss) {
+  DT_ENFORCE(open_, "DistributedModel::backward: call begin_step() before the forward pass");
+  engine_->backward_started();
+  loss.backward();
+}
+
+bool DistributedModel::synchronize() {
+  DT_ENFORCE(open_, "DistributedModel::synchronize: no step is open (call begin_step())");
+  open_ = false;
+  ++step_;
+  return engine_->finish();
+}
+
+bool DistributedModel::step(torch::optim::Optimizer& optimizer) {
+  if (const auto* reducer = &engine_->reducer(); reducer->applies_momentum()) {
+    if (auto* sgd = dynamic_cast<torch::optim::SGD*>(&optimizer)) {
+      for (const auto& g : sgd->param_groups()) {
+        const auto& o = static_cast<const torch::optim::SGDOptions&>(g.options());
+        DT_ENFORCE(o.momentum() == 0, "reduce '", options_.reduce,
+                   "' applies momentum inside the reducer (momentum correction): use SGD "
+                   "without momentum, or drop momentum= from the spec");
+      }
+    }
+  }
+  const bool applied = synchronize();
+  if (applied) optimizer.step();
+  return applied;
+}
+
+std::vector<std::byte> DistributedModel::save_reducer_state() const {
+  return engine_->reducer().save_state();
+}
+
+void DistributedModel::load_reducer_state(std::span<const std::byte> state) {
+  engine_->reducer().load_state(state);
+}
+
+uint64_t DistributedModel::bytes_sent() const {
+  return engine_->reducer().bytes_sent();
+}
+
+uint64_t DistributedModel::bytes_received() const {
+  return engine_->reducer().bytes_received();
+}
+
+}  // namespace dtrain
