@@ -92,10 +92,10 @@ if(Torch_FOUND OR TORCH_FOUND)
   if(BUILD_TESTING)
     add_test(NAME Examples.ResidualCnnWithExdyna
              COMMAND ${PROJECT_SOURCE_DIR}/examples/run_ranks.sh 2 $<TARGET_FILE:residual_cnn>
-                     --reduce exdyna:0.01 --max-steps 100 --batch-size 32)
+                     --reduce exdyna:0.01 --max-steps 100 --batch-size 32 --min-accuracy 0.2)
     add_test(NAME Examples.ResidualCnnDense
              COMMAND ${PROJECT_SOURCE_DIR}/examples/run_ranks.sh 2 $<TARGET_FILE:residual_cnn>
-                     --reduce dense --max-steps 100 --batch-size 32)
+                     --reduce dense --max-steps 100 --batch-size 32 --min-accuracy 0.3)
     add_test(NAME Examples.MinimalMlp
              COMMAND ${PROJECT_SOURCE_DIR}/examples/run_ranks.sh 2 $<TARGET_FILE:minimal_mlp> 100)
     set_tests_properties(Examples.ResidualCnnWithExdyna Examples.ResidualCnnDense

@@ -6,7 +6,8 @@
 // (it starts each rank with DTRAIN_RANK, DTRAIN_WORLD_SIZE, DTRAIN_RENDEZVOUS and DTRAIN_HOST set;
 // on several hosts, set them the same way with a shared rendezvous).
 // Flags: --reduce SPEC (default exdyna:0.01), --epochs N (1), --max-steps N (all),
-//        --batch-size N (64 per rank), --lr X (0.05), --data DIR (Debian's Fashion-MNIST).
+//        --batch-size N (64 per rank), --lr X (0.05), --data DIR (Debian's Fashion-MNIST),
+//        --min-accuracy A (exit 1 if the final test accuracy is below A, a fraction; for tests).
 #include <dtrain/data/dataset.h>
 #include <dtrain/data/shard.h>
 #include <dtrain/dtrain.h>
@@ -84,6 +85,7 @@ int main(int argc, char** argv) try {
   const int64_t batch = std::stoll(flag(argc, argv, "--batch-size", "64"));
   const double lr = std::stod(flag(argc, argv, "--lr", "0.05"));
   const std::string dir = flag(argc, argv, "--data", dtrain::data::kFashionMnistDir);
+  const double min_accuracy = std::stod(flag(argc, argv, "--min-accuracy", "0"));
   torch::set_num_threads(1);
 
   auto group = dtrain::join();
@@ -94,13 +96,13 @@ int main(int argc, char** argv) try {
   torch::manual_seed(1);
   ResidualCnn model;
   dtrain::DistributedModel dist(*model, group, {.reduce = reduce});
-  // ExDyna's default spec applies momentum itself (momentum correction): the optimizer is then
-  // plain SGD; otherwise SGD with momentum.
-  const bool reducer_momentum = reduce.find("momentum=") != std::string::npos;
-  torch::optim::SGD optimizer(model->parameters(),
-                              torch::optim::SGDOptions(lr).momentum(reducer_momentum ? 0 : 0.9));
+  // A spec with momentum= (e.g. exdyna:density=0.01,momentum=0.9) applies momentum inside the
+  // reducer (momentum correction): the optimizer is then plain SGD; otherwise SGD with momentum.
+  torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(lr).momentum(
+                                                       dist.applies_momentum() ? 0 : 0.9));
 
   int64_t step = 0;
+  double accuracy = 0;
   for (int epoch = 0; epoch < epochs; ++epoch) {
     const auto shard =
         dtrain::data::shard_indices(train.size(), dist.rank(), dist.size(), 1, epoch);
@@ -120,7 +122,8 @@ int main(int argc, char** argv) try {
       ++n;
       ++step;
     }
-    // Every rank evaluates the whole test set (rank 0's buffers: synced at begin_step).
+    // Every rank evaluates the whole test set with its own BatchNorm statistics (rank 0's as of
+    // the last begin_step, moved by this rank's last batch); rank 0 reports.
     torch::NoGradGuard no_grad;
     model->eval();
     const auto tx = features(test), ty = labels(test);
@@ -130,6 +133,7 @@ int main(int argc, char** argv) try {
       correct +=
           logits.argmax(1).eq(ty.slice(0, b, std::min(b + 1000, tx.size(0)))).sum().item<int64_t>();
     }
+    accuracy = double(correct) / double(tx.size(0));
     if (dist.rank() == 0) {
       std::printf(
           "epoch %d: %lld steps, train loss %.4f, test accuracy %.2f%%, %.1f MB sent by rank 0 "
@@ -138,6 +142,11 @@ int main(int argc, char** argv) try {
           100.0 * double(correct) / double(tx.size(0)), dist.bytes_sent() / 1e6, reduce.c_str());
     }
     if (max_steps >= 0 && step >= max_steps) break;
+  }
+  if (accuracy < min_accuracy) {
+    std::fprintf(stderr, "residual_cnn: rank %d: test accuracy %.4f is below --min-accuracy %.4f\n",
+                 dist.rank(), accuracy, min_accuracy);
+    return 1;
   }
   return 0;
 } catch (const std::exception& e) {

@@ -12,6 +12,12 @@ for ((r = 0; r < n; r++)); do
     DTRAIN_RUN_ID="example-$$" "$@" &
   pids+=($!)
 done
+# The first rank to fail takes the others down (they would wait out their group timeout).
 status=0
-for p in "${pids[@]}"; do wait "$p" || status=1; done
+for ((i = 0; i < n; i++)); do
+  if ! wait -n; then
+    status=1
+    kill "${pids[@]}" 2>/dev/null || true
+  fi
+done
 exit $status

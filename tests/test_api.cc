@@ -148,14 +148,15 @@ TEST(Api, TrainsWithACompressedReducer) {
 }
 
 TEST(Api, ReducerStateCarriesErrorFeedbackAcrossACheckpoint) {
-  // Six steps of top-k with error feedback in one go, against three, a checkpoint of the
-  // parameters and the reducer state, a new DistributedModel, and three more: the same bits.
+  // Six steps of top-k with error feedback and density warm-up in one go, against three, a
+  // checkpoint of the parameters and the reducer state, a new DistributedModel resumed at step 3,
+  // and three more: the same bits.
   const Data d = make_data(192, 8);
   auto run = [&](comm::Group& g, bool restart) {
     auto net = make_net(4);
     auto dist = std::make_unique<DistributedModel>(
         *net, std::shared_ptr<comm::Group>(&g, [](comm::Group*) {}),
-        DistributedOptions{.reduce = "topk:0.1"});
+        DistributedOptions{.reduce = "topk:0.1,warmup=6"});
     for (int s = 0; s < 6; ++s) {
       if (restart && s == 3) {
         const auto state = dist->save_reducer_state();
@@ -172,7 +173,8 @@ TEST(Api, ReducerStateCarriesErrorFeedbackAcrossACheckpoint) {
         }
         dist = std::make_unique<DistributedModel>(
             *net, std::shared_ptr<comm::Group>(&g, [](comm::Group*) {}),
-            DistributedOptions{.reduce = "topk:0.1", .broadcast_buffers = false});
+            DistributedOptions{
+                .reduce = "topk:0.1,warmup=6", .broadcast_buffers = false, .start_step = 3});
         dist->load_reducer_state(state);
       }
       torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1));
@@ -205,12 +207,64 @@ TEST(Api, BadInputIsNamed) {
     EXPECT_INVALID(DistributedModel(*net, group, {.reduce = "bogus:3"}), "bogus");
     EXPECT_INVALID(DistributedModel(*net, group, {.schedule = "sometimes"}), "sometimes");
     DistributedModel dist(*net, group, {.reduce = "exdyna:density=0.01,momentum=0.9"});
+    EXPECT_TRUE(dist.applies_momentum());
     torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+    torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(0.1));
     dist.begin_step();
     EXPECT_INVALID(dist.begin_step(), "still open");
     dist.backward(net->forward(torch::randn({4, 12})).sum());
     EXPECT_INVALID(dist.step(opt), "momentum");
+    // The refusal closed the step: the next one starts, and Adam is refused as well.
+    dist.begin_step();
+    dist.backward(net->forward(torch::randn({4, 12})).sum());
+    EXPECT_INVALID(dist.step(adam), "momentum");
+    torch::optim::SGD plain(net->parameters(), torch::optim::SGDOptions(0.1));
+    dist.begin_step();
+    dist.backward(net->forward(torch::randn({4, 12})).sum());
+    EXPECT_TRUE(dist.step(plain));
   });
+}
+
+TEST(Api, DroppedGradientsAreBucketViewsAgainAndOutliveTheModel) {
+  // A .grad set to none (zero_grad(set_to_none), user code) before a step is attached to its
+  // bucket again: every rank steps every parameter alike. After the DistributedModel is gone,
+  // the module keeps gradients of its own and trains on.
+  const Data d = make_data(64, 9);
+  std::vector<torch::Tensor> params[2];
+  spawn(2, [&](comm::Group& g) {
+    auto net = make_net(6);
+    torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1));
+    {
+      DistributedModel dist(*net, std::shared_ptr<comm::Group>(&g, [](comm::Group*) {}));
+      for (int s = 0; s < 3; ++s) {
+        for (auto& p : net->parameters()) p.mutable_grad() = torch::Tensor();
+        dist.begin_step();
+        const int64_t at = 32 * g.rank();
+        const auto x = d.x.slice(0, at, at + 32);
+        // Rank 1 leaves the residual block out: its gradient there is zero, and only the bucket
+        // view (averaged with rank 0's) makes its optimizer step the block as rank 0's does.
+        auto h = torch::relu(net->norm->forward(net->stem->forward(x)));
+        if (g.rank() == 0) h = h + torch::relu(net->block->forward(h));
+        dist.backward(
+            torch::nn::functional::cross_entropy(net->head->forward(h), d.y.slice(0, at, at + 32)));
+        ASSERT_TRUE(dist.step(opt));
+        for (const auto& p : net->parameters()) ASSERT_TRUE(p.grad().defined());
+      }
+    }
+    // Alone now: a plain LibTorch step on the gradients the module owns.
+    opt.zero_grad();
+    torch::nn::functional::cross_entropy(net->forward(d.x), d.y).backward();
+    for (const auto& p : net->parameters()) {
+      ASSERT_TRUE(p.grad().defined());
+      EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>());
+    }
+    for (const auto& p : net->parameters()) params[g.rank()].push_back(p.detach().clone());
+  });
+  // The replicas stayed identical through the distributed steps (and the last local gradient,
+  // on the same data, is the same on both).
+  for (size_t i = 0; i < params[0].size(); ++i) {
+    EXPECT_TRUE(torch::equal(params[0][i], params[1][i])) << "parameter " << i;
+  }
 }
 
 }  // namespace

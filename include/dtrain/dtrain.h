@@ -61,8 +61,13 @@ struct DistributedOptions {
   std::string schedule = "fused:25";   // a --schedule: single | wfbp | fused[:MB] | mgwfbp
   std::string on_nonfinite = "abort";  // abort | skip (the step, on every rank)
   bool broadcast_buffers = true;       // rank 0's buffers to all at each begin_step()
+  // The number of steps already taken, for a run resumed from a checkpoint: reducers that vary
+  // with the step (density warm-up, a compressor's step-seeded choices) go on where they were.
+  int64_t start_step = 0;
 };
 
+// The module must outlive the DistributedModel. Once it is destroyed, each .grad holds a copy of
+// its last value and the module trains on alone, undistributed.
 class DistributedModel {
  public:
   // Every rank of `group` constructs it with the same module structure and options.
@@ -72,9 +77,12 @@ class DistributedModel {
   DistributedModel(const DistributedModel&) = delete;
   DistributedModel& operator=(const DistributedModel&) = delete;
 
-  // Before a step's forward pass: zeroes the gradients (do not call the optimizer's zero_grad),
-  // sends rank 0's buffers to every rank, and lets an mgwfbp schedule install its plan.
-  void begin_step();
+  // Before a step's forward pass: zeroes the gradients (the optimizer's zero_grad is not needed;
+  // calling it does no harm), sends rank 0's buffers to every rank, and lets an mgwfbp schedule
+  // install its plan. With micro_batches > 1 the step accumulates that many backward passes
+  // (next_micro_batch() between them) and reduces once, after the last.
+  void begin_step(int micro_batches = 1);
+  void next_micro_batch();
   // loss.backward(), timed for the schedule's cost model. Calling loss.backward() directly also
   // works; mgwfbp then measures from begin_step() instead.
   void backward(const torch::Tensor& loss);
@@ -82,13 +90,19 @@ class DistributedModel {
   // non-finite gradient with on_nonfinite "skip"): do not step the optimizer then.
   bool synchronize();
   // synchronize(), then optimizer.step() unless the step is skipped. Returns whether it stepped.
+  // When the reducer applies momentum itself (applies_momentum()), an optimizer other than SGD
+  // without momentum is refused (InvalidArgument, after the step has been closed).
   bool step(torch::optim::Optimizer& optimizer);
+  bool applies_momentum() const;
 
   // This rank's reducer state (error feedback, momentum, warm-started factors), for checkpoints;
   // load it back into a DistributedModel built with the same module, options and group size.
   std::vector<std::byte> save_reducer_state() const;
   void load_reducer_state(std::span<const std::byte> state);
 
+  // The group, for collectives of the user's own between steps only: from begin_step() to
+  // synchronize() the engine's thread uses it, and a group serves one thread at a time (use
+  // group().split() for a group of your own).
   comm::Group& group() { return *group_; }
   int rank() const { return group_->rank(); }
   int size() const { return group_->size(); }
@@ -105,7 +119,9 @@ class DistributedModel {
   std::unique_ptr<torchx::GradViews> views_;
   std::unique_ptr<engine::MgwfbpScheduler> mgwfbp_;
   int64_t step_ = 0;
-  bool open_ = false;  // begin_step() called, synchronize() not yet
+  bool open_ = false;           // begin_step() called, synchronize() not yet
+  torch::Tensor buffer_bytes_;  // staging for the buffers' broadcast
+  void broadcast_buffers();
 };
 
 }  // namespace dtrain

@@ -1,5 +1,6 @@
 // dtrain::DistributedModel: the engine's gradient path around a user's module (dtrain.h).
 #include <cstdlib>
+#include <cstring>
 
 #include "dtrain/collective/collective.h"
 #include "dtrain/dtrain.h"
@@ -51,35 +52,79 @@ DistributedModel::DistributedModel(torch::nn::Module& module, std::shared_ptr<co
                                                      reduce::make_reducer(options_.reduce, *group_),
                                                      on_nonfinite, nullptr);
   views_ = std::make_unique<torchx::GradViews>(module_, *engine_);
+  DT_ENFORCE(options_.start_step >= 0, "DistributedModel: start_step must be >= 0, got ",
+             options_.start_step);
+  step_ = options_.start_step;
   if (schedule.kind == engine::Schedule::Kind::kMgwfbp) {
     mgwfbp_ = std::make_unique<engine::MgwfbpScheduler>(*engine_, *group_);
   }
 }
 
-DistributedModel::~DistributedModel() = default;
+DistributedModel::~DistributedModel() {
+  if (open_) {  // a step abandoned by an exception: let its reductions end before the memory goes
+    try {
+      engine_->finish();
+    } catch (...) {
+    }
+  }
+  views_.reset();  // each .grad gets its own copy (grad_views.h)
+}
 
-void DistributedModel::begin_step() {
+void DistributedModel::begin_step(int micro_batches) {
+  DT_ENFORCE(micro_batches >= 1, "DistributedModel::begin_step: micro_batches must be >= 1, got ",
+             micro_batches);
   DT_ENFORCE(!open_, "DistributedModel::begin_step: step ", step_,
              " is still open (call step() or synchronize() first)");
   // mgwfbp measures during its first steps and installs its plan after one: between steps, as
   // the .grad views move with the buckets.
   if (mgwfbp_ && step_ > 0 && mgwfbp_->after_step()) views_->refresh();
-  if (options_.broadcast_buffers && group_->size() > 1) {
-    torch::NoGradGuard no_grad;
-    for (auto& b : module_.buffers()) {
-      DT_ENFORCE(
-          b.is_contiguous() && b.device().is_cpu() && (b.numel() * b.element_size()) % 4 == 0,
-          "DistributedModel: a buffer of ", b.numel(), " ", b.scalar_type(),
-          " cannot be broadcast (contiguous CPU tensors of whole 4-byte words only)");
-      collective::BroadcastOptions o(*group_);
-      o.data = collective::View(b.data_ptr(), b.numel() * b.element_size() / 4,
-                                collective::DataType::kInt32);
-      o.root = 0;
-      collective::broadcast(o);
-    }
-  }
-  engine_->begin_step(step_);
+  if (options_.broadcast_buffers && group_->size() > 1) broadcast_buffers();
+  // zero_grad(set_to_none) or user code may have dropped or replaced a .grad: every parameter's
+  // .grad is its bucket view again, so no rank's optimizer skips a parameter the others update.
+  views_->refresh(/*force=*/true);
+  engine_->begin_step(step_, micro_batches);
   open_ = true;
+}
+
+void DistributedModel::next_micro_batch() {
+  DT_ENFORCE(open_, "DistributedModel::next_micro_batch: no step is open (call begin_step())");
+  engine_->next_micro_batch();
+}
+
+void DistributedModel::broadcast_buffers() {
+  // All buffers in one broadcast (a ResNet has a hundred), packed byte for byte into 4-byte words.
+  torch::NoGradGuard no_grad;
+  auto buffers = module_.buffers();
+  if (buffers.empty()) return;
+  int64_t total = 0;
+  for (const auto& b : buffers) {
+    DT_ENFORCE(b.device().is_cpu(), "DistributedModel: a buffer is on ", b.device(),
+               "; buffers must be on the CPU");
+    total += (b.numel() * b.element_size() + 3) / 4 * 4;
+  }
+  if (buffer_bytes_.numel() != total) buffer_bytes_ = torch::empty({total}, torch::kUInt8);
+  auto* bytes = buffer_bytes_.data_ptr<uint8_t>();
+  int64_t at = 0;
+  for (const auto& b : buffers) {
+    const auto c = b.contiguous();
+    const int64_t n = c.numel() * c.element_size();
+    std::memcpy(bytes + at, c.data_ptr(), n);
+    at += (n + 3) / 4 * 4;
+  }
+  collective::BroadcastOptions o(*group_);
+  o.data = collective::View(bytes, total / 4, collective::DataType::kInt32);
+  o.root = 0;
+  collective::broadcast(o);
+  at = 0;
+  for (auto& b : buffers) {
+    const int64_t n = b.numel() * b.element_size();
+    if (b.is_contiguous()) {
+      std::memcpy(b.data_ptr(), bytes + at, n);
+    } else {
+      b.copy_(torch::from_blob(bytes + at, b.sizes(), b.scalar_type()));
+    }
+    at += (n + 3) / 4 * 4;
+  }
 }
 
 void DistributedModel::backward(const torch::Tensor& loss) {
@@ -95,18 +140,25 @@ bool DistributedModel::synchronize() {
   return engine_->finish();
 }
 
+bool DistributedModel::applies_momentum() const {
+  return engine_->reducer().applies_momentum();
+}
+
 bool DistributedModel::step(torch::optim::Optimizer& optimizer) {
-  if (const auto* reducer = &engine_->reducer(); reducer->applies_momentum()) {
-    if (auto* sgd = dynamic_cast<torch::optim::SGD*>(&optimizer)) {
+  // The step is closed first, so that a refused optimizer leaves nothing open.
+  const bool applied = synchronize();
+  if (applies_momentum()) {
+    auto* sgd = dynamic_cast<torch::optim::SGD*>(&optimizer);
+    bool plain = sgd != nullptr;
+    if (sgd) {
       for (const auto& g : sgd->param_groups()) {
-        const auto& o = static_cast<const torch::optim::SGDOptions&>(g.options());
-        DT_ENFORCE(o.momentum() == 0, "reduce '", options_.reduce,
-                   "' applies momentum inside the reducer (momentum correction): use SGD "
-                   "without momentum, or drop momentum= from the spec");
+        plain = plain && static_cast<const torch::optim::SGDOptions&>(g.options()).momentum() == 0;
       }
     }
+    DT_ENFORCE(plain, "reduce '", options_.reduce,
+               "' applies momentum inside the reducer (momentum correction): use SGD without "
+               "momentum, or drop momentum= from the spec");
   }
-  const bool applied = synchronize();
   if (applied) optimizer.step();
   return applied;
 }

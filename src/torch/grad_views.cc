@@ -97,11 +97,17 @@ GradViews::GradViews(torch::nn::Module& module, engine::GradientEngine& engine)
 
 GradViews::~GradViews() {
   shared_->engine = nullptr;
+  // The module may outlive the engine (a library user's model trained on alone): each .grad gets
+  // its own copy of what the view held, never a view of memory about to be freed.
+  torch::NoGradGuard guard;
+  for (auto& p : params_) {
+    if (p.grad().defined()) p.mutable_grad() = p.grad().clone();
+  }
 }
 
-void GradViews::refresh() {
+void GradViews::refresh(bool force) {
   auto* eng = shared_->engine.load();
-  if (eng == nullptr || eng->memory_version() == version_) return;
+  if (eng == nullptr || (!force && eng->memory_version() == version_)) return;
   torch::NoGradGuard guard;
   for (size_t i = 0; i < params_.size(); ++i) {
     auto view = view_of(*eng, i, params_[i]);

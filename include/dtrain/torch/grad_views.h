@@ -23,14 +23,16 @@ class GradViews {
  public:
   // Parameters are module.parameters() in order: parameter i is the engine's parameter i.
   GradViews(torch::nn::Module& module, engine::GradientEngine& engine);
-  // The hooks stay registered on the accumulators but do nothing once this is gone.
+  // The hooks stay registered on the accumulators but do nothing once this is gone; each .grad
+  // becomes a copy of its view (the engine's memory may be freed next).
   ~GradViews();
   GradViews(const GradViews&) = delete;
   GradViews& operator=(const GradViews&) = delete;
 
   // Points .grad at the engine's memory again if the engine moved it (set_buckets with a new
-  // parameter order). Call between steps.
-  void refresh();
+  // parameter order), or always with `force` (code that replaced or dropped a .grad, e.g.
+  // zero_grad(set_to_none)). Call between steps.
+  void refresh(bool force = false);
 
   struct Shared;  // what the hooks hold: the engine, or null once this is gone
 
