@@ -6,6 +6,7 @@ target_sources(dtrain_core PRIVATE
   src/reduce/reducer.cc
   src/reduce/params.cc
   src/reduce/omnireduce_reducer.cc
+  src/reduce/bucket_stream.cc
   src/engine/engine.cc
   src/engine/timeline.cc
   src/engine/mgwfbp.cc
@@ -22,6 +23,7 @@ endif()
 
 if(BUILD_TESTING)
   dtrain_test(test_engine tests/test_engine.cc)
+  dtrain_test(test_bucket_stream tests/test_bucket_stream.cc)
 endif()
 
 if(Torch_FOUND OR TORCH_FOUND)

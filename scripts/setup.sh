@@ -14,7 +14,8 @@ core_pkgs=(
   gnuplot-nox iproute2
   clang libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes of the fuzz targets
 )
-torch_pkgs=(libtorch-dev libopenblas0-pthread dataset-fashion-mnist)
+torch_pkgs=(libtorch-dev libopenblas0-pthread dataset-fashion-mnist
+  python3-torch python3-dev pybind11-dev)  # the Python package: DDP comm hooks
 
 pkgs=("${core_pkgs[@]}")
 if [[ "${1:-}" != "--core" ]]; then

@@ -46,7 +46,9 @@ class EnvGuard {
   static constexpr const char* kAll[] = {
       "DTRAIN_RANK",          "DTRAIN_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
       "OMPI_COMM_WORLD_SIZE", "PMI_RANK",          "PMI_SIZE",
-      "SLURM_PROCID",         "SLURM_NTASKS",      "DTRAIN_RUN_ID"};
+      "SLURM_PROCID",         "SLURM_NTASKS",      "DTRAIN_RUN_ID",
+      "RANK",                 "WORLD_SIZE",        "LOCAL_RANK",
+      "TORCHELASTIC_RUN_ID",  "SLURM_JOB_ID",      "OMPI_MCA_ess_base_jobid"};
 };
 
 TEST(LaunchEnv, PrecedenceAndErrors) {
@@ -79,6 +81,42 @@ TEST(LaunchEnv, PrecedenceAndErrors) {
   {
     EnvGuard g({{"DTRAIN_RANK", "1"}, {"DTRAIN_RUN_ID", "x"}});
     EXPECT_THROW(comm::detect_launch_env(), InvalidArgument);
+  }
+}
+
+// torchrun's RANK/WORLD_SIZE count only in a torchrun worker; its run id unless "none".
+TEST(LaunchEnv, TorchrunWorkers) {
+  {
+    EnvGuard g({{"RANK", "1"}, {"WORLD_SIZE", "4"}});  // not torchrun: generic names, ignored
+    EXPECT_FALSE(comm::detect_launch_env());
+  }
+  {
+    EnvGuard g({{"RANK", "1"}, {"LOCAL_RANK", "1"}, {"TORCHELASTIC_RUN_ID", "none"}});
+    EXPECT_FALSE(comm::detect_launch_env());  // half a pair of generic names: not an error
+    EXPECT_EQ(comm::detect_run_id(), "dtrain");
+  }
+  {
+    EnvGuard g({{"RANK", "3"},
+                {"WORLD_SIZE", "4"},
+                {"LOCAL_RANK", "1"},
+                {"TORCHELASTIC_RUN_ID", "job7"},
+                {"SLURM_PROCID", "0"},
+                {"SLURM_NTASKS", "2"}});
+    auto e = comm::detect_launch_env();
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->rank, 3);  // torchrun's pair before Slurm's
+    EXPECT_EQ(e->size, 4);
+    EXPECT_EQ(e->source, "RANK/WORLD_SIZE");
+    EXPECT_EQ(comm::detect_run_id(), "job7");
+  }
+  {
+    EnvGuard g({{"DTRAIN_RANK", "0"},
+                {"DTRAIN_WORLD_SIZE", "2"},
+                {"RANK", "3"},
+                {"WORLD_SIZE", "4"},
+                {"LOCAL_RANK", "1"},
+                {"TORCHELASTIC_RUN_ID", "job7"}});
+    EXPECT_EQ(comm::detect_launch_env()->source, "DTRAIN_RANK/DTRAIN_WORLD_SIZE");
   }
 }
 

@@ -1,6 +1,6 @@
 #include "group_flags.h"
 
-#include <cstdlib>
+#include <utility>
 
 #include "dtrain/common/error.h"
 #include "flag_checks.h"
@@ -9,11 +9,6 @@ namespace dtrain::app {
 namespace {
 // A year: longer is a mistake, and would overflow a deadline in nanoseconds far sooner.
 constexpr double kMaxTimeoutSeconds = 365 * 24 * 3600;
-
-std::string env_or(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? std::string(v) : fallback;
-}
 }  // namespace
 
 void GroupFlags::add_to(CLI::App& app) {
@@ -47,18 +42,18 @@ void GroupFlags::add_to(CLI::App& app) {
 
 comm::GroupOptions GroupFlags::resolve() const {
   comm::GroupOptions o;
-  o.rendezvous = rendezvous.empty() ? env_or("DTRAIN_RENDEZVOUS", "") : rendezvous;
+  o.rendezvous = rendezvous;
   if (rank >= 0) o.rank = rank;
   if (size >= 0 || rank >= 0) {
     DT_ENFORCE(rank >= 0 && size >= 1, "--rank and --world-size go together (got --rank ", rank,
                ", --world-size ", size, ")");
     o.size = size;
   }
-  o.host = host.empty() ? env_or("DTRAIN_HOST", "") : host;
-  o.iface = iface.empty() ? env_or("DTRAIN_IFACE", "") : iface;
+  o.host = host;
+  o.iface = iface;
   o.run_id = run_id;
   o.timeout = comm::Millis(static_cast<int64_t>(timeout_s * 1000));
-  return o;
+  return comm::with_environment(std::move(o));
 }
 
 }  // namespace dtrain::app

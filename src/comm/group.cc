@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "dtrain/common/error.h"
@@ -150,7 +151,8 @@ std::shared_ptr<Group> Group::connect(const GroupOptions& options) {
   if (::sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
     ::signal(SIGPIPE, SIG_IGN);
   }
-  auto env = detect_launch_env();
+  // Both given: the environment is not read (a stray launcher variable cannot fail the call).
+  auto env = options.rank && options.size ? std::nullopt : detect_launch_env();
   int rank = options.rank.value_or(env ? env->rank : 0);
   int size = options.size.value_or(env ? env->size : 1);
   std::string source = options.rank ? "--rank" : (env ? env->source : "default");
@@ -160,7 +162,7 @@ std::shared_ptr<Group> Group::connect(const GroupOptions& options) {
   DT_ENFORCE(options.timeout.count() > 0, "--timeout must be positive, got ",
              options.timeout.count(), " ms");
   if (size > 1) {
-    DT_ENFORCE(!options.rendezvous.empty(), "--rendezvous is required with world size ", size,
+    DT_ENFORCE(!options.rendezvous.empty() || options.store != nullptr, "--rendezvous is required with world size ", size,
                " (file:///shared/dir or redis://host:port)");
   }
   std::shared_ptr<Group> group(new Group(options));
@@ -173,6 +175,21 @@ std::shared_ptr<Group> Group::connect(const GroupOptions& options) {
   return group;
 }
 
+GroupOptions with_environment(GroupOptions options) {
+  auto env = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v != nullptr ? std::string(v) : std::string();
+  };
+  if (options.rendezvous.empty() && options.store == nullptr) {
+    options.rendezvous = env("DTRAIN_RENDEZVOUS");
+  }
+  if (options.host.empty() && options.iface.empty()) {
+    options.host = env("DTRAIN_HOST");
+    options.iface = env("DTRAIN_IFACE");
+  }
+  return options;
+}
+
 Group::~Group() {
   teardown();
 }
@@ -181,9 +198,15 @@ void Group::rendezvous() {
   if (size_ == 1) return;
   // Everything below, Gloo's connections included, ends by this deadline.
   const auto deadline = Clock::now() + options_.timeout;
-  auto url = RendezvousUrl::parse(options_.rendezvous);
-  if (!store_) store_ = open_store(url);
-  std::string where = detail::concat("rendezvous at ", url.str(), " (run '", options_.run_id,
+  std::string at = "the given store";
+  if (options_.store == nullptr) {
+    auto url = RendezvousUrl::parse(options_.rendezvous);
+    if (!store_) store_ = open_store(url);
+    at = url.str();
+  } else {
+    store_ = options_.store;
+  }
+  std::string where = detail::concat("rendezvous at ", at, " (run '", options_.run_id,
                                      "', generation ", generation_, ")");
   char host[256] = {0};
   ::gethostname(host, sizeof(host) - 1);

@@ -127,14 +127,22 @@ std::optional<int> env_int(const char* name) {
 
 std::optional<LaunchEnv> detect_launch_env() {
   static const char* kPairs[][2] = {{"DTRAIN_RANK", "DTRAIN_WORLD_SIZE"},
+                                    {"RANK", "WORLD_SIZE"},  // torchrun's: see below
                                     {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
                                     {"PMI_RANK", "PMI_SIZE"},
                                     {"SLURM_PROCID", "SLURM_NTASKS"}};
+  // RANK/WORLD_SIZE are generic names: they count only in a torchrun worker (which also has
+  // LOCAL_RANK and TORCHELASTIC_RUN_ID), and a half-set pair there is not an error.
+  const bool torchrun = std::getenv("TORCHELASTIC_RUN_ID") != nullptr &&
+                        std::getenv("LOCAL_RANK") != nullptr;
   for (const auto& pair : kPairs) {
+    const bool generic = std::string_view(pair[0]) == "RANK";
+    if (generic && !torchrun) continue;
     auto rank = env_int(pair[0]);
     auto size = env_int(pair[1]);
     if (!rank && !size) continue;
     if (!rank || !size) {
+      if (generic) continue;
       throw InvalidArgument(detail::concat("environment has ", rank ? pair[0] : pair[1],
                                            " but not ", rank ? pair[1] : pair[0]));
     }
@@ -144,9 +152,11 @@ std::optional<LaunchEnv> detect_launch_env() {
 }
 
 std::string detect_run_id() {
-  for (const char* name : {"DTRAIN_RUN_ID", "SLURM_JOB_ID", "OMPI_MCA_ess_base_jobid"}) {
+  for (const char* name :
+       {"DTRAIN_RUN_ID", "SLURM_JOB_ID", "OMPI_MCA_ess_base_jobid", "TORCHELASTIC_RUN_ID"}) {
     const char* v = std::getenv(name);
-    if (v != nullptr && *v != '\0') return v;
+    // torchrun's run id is the literal "none" unless --rdzv_id is given: not a job's id.
+    if (v != nullptr && *v != '\0' && std::string_view(v) != "none") return v;
   }
   return "dtrain";
 }

@@ -11,23 +11,8 @@
 #include "dtrain/torch/grad_views.h"
 
 namespace dtrain {
-namespace {
-
-std::string env_or(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? std::string(v) : fallback;
-}
-
-}  // namespace
-
 std::shared_ptr<comm::Group> join(const comm::GroupOptions& options) {
-  comm::GroupOptions o = options;
-  if (o.rendezvous.empty()) o.rendezvous = env_or("DTRAIN_RENDEZVOUS", "");
-  if (o.host.empty() && o.iface.empty()) {
-    o.host = env_or("DTRAIN_HOST", "");
-    o.iface = env_or("DTRAIN_IFACE", "");
-  }
-  return comm::Group::connect(o);
+  return comm::Group::connect(comm::with_environment(options));
 }
 
 DistributedModel::DistributedModel(torch::nn::Module& module, std::shared_ptr<comm::Group> group,

@@ -56,6 +56,9 @@ constexpr uint64_t kDefaultMaxFrameBytes = uint64_t{4} << 30;
 // operation uses, so it is not offered.)
 struct GroupOptions {
   std::string rendezvous;   // file:///dir or redis://host:port; may be empty when size is 1
+  // A store of the caller's own (e.g. the Python module's adapter to torch.distributed's store),
+  // used instead of opening `rendezvous`; sub-groups from split() meet in it too.
+  std::shared_ptr<Store> store;
   std::optional<int> rank;  // overrides the launcher environment
   std::optional<int> size;  // overrides the launcher environment
   std::string run_id;       // empty: detect_run_id()
@@ -70,6 +73,11 @@ struct GroupOptions {
   // another to act as a different build.
   std::string build;
 };
+
+// `options` with what it leaves empty taken from the environment: the rendezvous from
+// DTRAIN_RENDEZVOUS, and when neither host nor iface is given, DTRAIN_HOST and DTRAIN_IFACE. (Rank,
+// size and run id are read by Group::connect itself; see rendezvous.h.)
+GroupOptions with_environment(GroupOptions options);
 
 // Carried by the errors of a Group that failed, and of a rendezvous that did not complete, besides
 // their kind (IoError, TimeoutError, ProtocolError, InvalidArgument): who is to blame. A program
@@ -259,7 +267,7 @@ class Group : public std::enable_shared_from_this<Group> {
   uint64_t next_tag_ = 1;
   uint64_t splits_ = 0;
   std::vector<int> parent_ranks_;
-  std::unique_ptr<Store> store_;
+  std::shared_ptr<Store> store_;
   std::unique_ptr<std::byte[]> scratch_[kScratchAreas];
   size_t scratch_size_[kScratchAreas] = {};
   std::shared_ptr<gloo::transport::Device> device_;

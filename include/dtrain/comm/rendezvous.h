@@ -77,7 +77,8 @@ class PrefixedStore : public Store {
   Store& base_;
 };
 
-// Rank and size from the environment: DTRAIN_RANK/DTRAIN_WORLD_SIZE, else
+// Rank and size from the environment: DTRAIN_RANK/DTRAIN_WORLD_SIZE, else torchrun's
+// RANK/WORLD_SIZE (only in a torchrun worker: with LOCAL_RANK and TORCHELASTIC_RUN_ID set), else
 // OMPI_COMM_WORLD_RANK/SIZE, PMI_RANK/PMI_SIZE, SLURM_PROCID/SLURM_NTASKS. Returns nothing if none
 // is set; throws InvalidArgument naming the variable if one is set but malformed or only half of a
 // pair is set.
@@ -88,8 +89,8 @@ struct LaunchEnv {
 };
 std::optional<LaunchEnv> detect_launch_env();
 
-// A run id shared by all ranks of one job: DTRAIN_RUN_ID, else the launcher's job id (SLURM_JOB_ID,
-// OMPI_MCA_ess_base_jobid), else "dtrain". Ranks started by hand on several hosts are one job
+// A run id shared by all ranks of one job: DTRAIN_RUN_ID, else the launcher's job id
+// (SLURM_JOB_ID, OMPI_MCA_ess_base_jobid, torchrun's TORCHELASTIC_RUN_ID unless "none"), else "dtrain". Ranks started by hand on several hosts are one job
 // through their run id: two such jobs in one store need different run ids.
 std::string detect_run_id();
 
