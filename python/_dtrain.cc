@@ -167,15 +167,8 @@ PYBIND11_MODULE(_dtrain, m) {
           "reduce",
           [](Stream& s, size_t index, uintptr_t address, size_t numel,
              std::vector<std::vector<int64_t>> shapes, bool last) {
-            std::vector<reduce::TensorSlot> tensors;
-            for (auto& shape : shapes) {
-              size_t n = 1;  // a scalar's shape is [] and holds one element
-              for (int64_t d : shape) {
-                DT_ENFORCE(d >= 0, "bucket ", index, ": a tensor has a negative dimension ", d);
-                n *= static_cast<size_t>(d);
-              }
-              tensors.push_back({"", std::move(shape), 0, n});
-            }
+            std::vector<reduce::TensorSlot> tensors;  // element counts from the shapes
+            for (auto& shape : shapes) tensors.push_back({"", std::move(shape), 0, 0});
             DT_ENFORCE(address != 0 || numel == 0, "bucket ", index, ": null buffer");
             py::gil_scoped_release nogil;
             s.stream->reduce(index, std::span<float>(reinterpret_cast<float*>(address), numel),

@@ -199,9 +199,9 @@ TEST(BucketStream, BadInputIsNamed) {
     EXPECT_INVALID(stream.reduce(1, g, slots({{3, 3}}), true), "bucket 1: its tensors hold 9");
     stream.reduce(0, g, slots({{10}}), true);
     EXPECT_EQ(stream.steps(), 2u);
-    // A scalar tensor (shape {}) holds one element.
+    // A scalar tensor (shape {}, numel left to the stream) holds one element.
     std::vector<float> one(1, 2.f);
-    stream.reduce(0, one, {{"scale", {}, 0, 1}}, true);
+    stream.reduce(0, one, {{"scale", {}, 0, 0}}, true);
     EXPECT_EQ(stream.steps(), 3u);
   });
 }

@@ -86,24 +86,14 @@ class Reducer:
         self._last = _background().submit(run)
         return future
 
-    def _figure(self, name):
-        return 0 if self._stream is None else getattr(self._stream, name)
+    def _figure(name):  # a figure of the stream, 0 before the first bucket
+        return property(lambda self: 0 if self._stream is None else getattr(self._stream, name))
 
-    @property
-    def bytes_sent(self):
-        return self._figure("bytes_sent")
-
-    @property
-    def bytes_received(self):
-        return self._figure("bytes_received")
-
-    @property
-    def steps(self):
-        return self._figure("steps")
-
-    @property
-    def learning_steps(self):
-        return self._figure("learning_steps")
+    bytes_sent = _figure("bytes_sent")
+    bytes_received = _figure("bytes_received")
+    steps = _figure("steps")
+    learning_steps = _figure("learning_steps")
+    del _figure
 
     def step_metrics(self):
         return {} if self._stream is None else dict(self._stream.step_metrics())

@@ -162,7 +162,8 @@ std::shared_ptr<Group> Group::connect(const GroupOptions& options) {
   DT_ENFORCE(options.timeout.count() > 0, "--timeout must be positive, got ",
              options.timeout.count(), " ms");
   if (size > 1) {
-    DT_ENFORCE(!options.rendezvous.empty() || options.store != nullptr, "--rendezvous is required with world size ", size,
+    DT_ENFORCE(!options.rendezvous.empty() || options.store != nullptr,
+               "--rendezvous is required with world size ", size,
                " (file:///shared/dir or redis://host:port)");
   }
   std::shared_ptr<Group> group(new Group(options));

@@ -44,7 +44,7 @@ void BucketStream::reduce_bucket(size_t index, std::span<float> grad,
   for (size_t j = 0; j < tensors.size(); ++j) {
     TensorSlot& t = tensors[j];
     if (t.name.empty()) t.name = detail::concat("b", index, ".", j);
-    if (t.numel == 0 && !t.shape.empty()) {
+    if (t.numel == 0) {  // from the shape; a scalar's shape {} holds one element
       t.numel = 1;
       for (int64_t d : t.shape) {
         DT_ENFORCE_AS(InvalidArgument, d >= 0, "bucket ", index, ": tensor ", t.name,
@@ -55,9 +55,9 @@ void BucketStream::reduce_bucket(size_t index, std::span<float> grad,
     t.offset = total;
     total += t.numel;
   }
-  if (tensors.empty())
+  if (tensors.empty()) {
     tensors.push_back({detail::concat("b", index), {}, 0, grad.size()});
-  else {
+  } else {
     DT_ENFORCE_AS(InvalidArgument, total == grad.size(), "bucket ", index, ": its tensors hold ",
                   total, " elements but its buffer ", grad.size());
   }

@@ -35,7 +35,8 @@ class BucketStream {
   BucketStream(comm::Group& group, const std::string& spec, uint64_t start_step = 0);
 
   // Averages bucket `index` in place. `tensors` are the bucket's tensors in order (their names
-  // may be empty: "b<index>.<j>" is used); their sizes must add up to grad.size(). Buckets come
+  // may be empty: "b<index>.<j>" is used; a numel of 0 is taken from the shape, 1 for a
+  // scalar's {}); their sizes must add up to grad.size(); no tensors: one flat tensor. Buckets come
   // in order 0, 1, ..., with `last` on the step's final one; anything else is an InvalidArgument
   // naming the bucket. A call that throws (a bad bucket, a failed collective) ends the step: the
   // next call starts a step at bucket 0.
