@@ -47,6 +47,7 @@ if(Torch_FOUND OR TORCH_FOUND)
     src/train/local_sgd.cc
     src/train/model_parallel.cc
     src/train/downpour.cc
+    src/train/downpour_server.cc
     src/train/sandblaster.cc
     src/train/sandblaster_lbfgs.cc
     src/train/sandblaster_portions.cc

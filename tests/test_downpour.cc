@@ -188,4 +188,106 @@ TEST_F(Downpour, AStoppedServerFailsTheJobNamingIt) {
   EXPECT_LT(Clock::now() - stopped, 4s + 10s) << text;
 }
 
+// --model-parallel K with Downpour: each partition pushes and pulls only its own keys. One replica
+// under BSP with plain SGD on the shards is deterministic, so every partitioning must end on the
+// servers with the parameters of the unpartitioned replica (the test loss of the final model
+// compares them all at once: a key mapped to the wrong place, or a push applied in part before
+// the pull that should see it whole, moves it).
+TEST_F(Downpour, ModelParallelReplicaEndsWhereTheUnpartitionedOneDoes) {
+  struct Run {
+    int k;
+    const char* partition;
+  };
+  std::vector<nlohmann::json> finals;
+  for (const Run& r : {Run{1, "neurons"}, Run{2, "neurons"}, Run{3, "neurons"}, Run{2, "layers"}}) {
+    const std::string name = std::to_string(r.k) + r.partition;
+    const std::string out = (dir_ / name).string(), log = (dir_ / (name + ".log")).string();
+    auto args = flags(r.k, 2, 1, out);
+    for (const char* a : {"--hidden", "64,32", "--max-steps", "30", "--consistency", "bsp",
+                          "--server-update", "sgd:lr=0.1", "--partition"}) {
+      args.push_back(a);
+    }
+    args.push_back(r.partition);
+    args.push_back("--model-parallel");
+    args.push_back(std::to_string(r.k));
+    const int status = finish(start(args, log), 240s);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << name << "\n" << slurp(log);
+    finals.push_back(final_record(out));
+    const auto& f = finals.back();
+    ASSERT_TRUE(f.is_object()) << name << "\n" << slurp(log);
+    EXPECT_EQ(f["steps"].get<int64_t>(), 30) << f.dump();
+    EXPECT_EQ(f["max_staleness"].get<int64_t>(), 0) << f.dump();
+    if (r.k > 1) {
+      EXPECT_EQ(f["model_parallel"].get<int>(), r.k) << f.dump();
+      EXPECT_GT(f["bytes_crossing_partitions"].get<uint64_t>(), 0u) << f.dump();
+      EXPECT_TRUE(f["replicas_lost"].empty()) << f.dump();
+    }
+  }
+  const double base = finals[0]["test_loss"].get<double>();
+  for (size_t i = 1; i < finals.size(); ++i) {
+    EXPECT_NEAR(finals[i]["test_loss"].get<double>(), base, 1e-5 * base) << finals[i].dump();
+    EXPECT_EQ(finals[i]["test_accuracy"], finals[0]["test_accuracy"]) << finals[i].dump();
+  }
+  // Trained: the loss moved from the initial model's (about ln 10 = 2.3).
+  EXPECT_LT(base, 1.8);
+}
+
+// 2 replicas of 2 partitions: a killed partition stops its replica (its partner fails naming
+// it), the other replica trains on, and a replacement replica (both ranks) joins the job and
+// finishes.
+TEST_F(Downpour, AKilledPartitionLosesItsReplicaAndAReplacementReplicaJoins) {
+  const std::string out = (dir_ / "run").string(), log = (dir_ / "log").string();
+  auto args = flags(4, 1, 3, out);
+  for (const char* a : {"--model-parallel", "2", "--log-every", "5", "--timeout", "20"}) {
+    args.push_back(a);
+  }
+  const pid_t launcher = start(args, log);
+  ASSERT_TRUE(wait_for_step(out, 20, 180s)) << slurp(log);
+  const pid_t victim = child_rank(launcher, 3);
+  ASSERT_GT(victim, 0);
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  std::smatch m;
+  const std::regex replacement(
+      "To start a replacement into this job: DTRAIN_RANK=3 (.*) (\\S+dtrain) train");
+  std::string text;
+  const auto until = Clock::now() + 60s;
+  while (Clock::now() < until) {
+    text = slurp(log);
+    // Both ranks of replica 1 have ended: the killed one, and its partner.
+    if (std::regex_search(text, m, replacement) &&
+        text.find("DTRAIN_RANK=2 ") != std::string::npos) {
+      break;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_FALSE(m.empty()) << text;
+  EXPECT_NE(text.find("rank 3 (partition 1 of replica 1) was killed by signal"),
+            std::string::npos) << text;
+  EXPECT_NE(text.find("rank 2 (partition 0 of replica 1)"), std::string::npos) << text;
+  // The replacement: both ranks of replica 1, each with the job's environment and its rank.
+  std::vector<pid_t> again;
+  for (int rank : {2, 3}) {
+    std::vector<std::string> env = {"DTRAIN_RANK=" + std::to_string(rank)};
+    std::istringstream vars(m[1].str());
+    for (std::string kv; vars >> kv;) env.push_back(kv);
+    again.push_back(start(args, (dir_ / ("replacement" + std::to_string(rank) + ".log")).string(),
+                          env));
+    extra_.push_back(again.back());
+  }
+  for (size_t i = 0; i < again.size(); ++i) {
+    const std::string rlog = (dir_ / ("replacement" + std::to_string(2 + i) + ".log")).string();
+    const int rs = finish(again[i], 240s);
+    EXPECT_TRUE(WIFEXITED(rs) && WEXITSTATUS(rs) == 0) << slurp(rlog);
+    EXPECT_NE(slurp(rlog).find("joins the job at step"), std::string::npos) << slurp(rlog);
+  }
+  const int status = finish(launcher, 240s);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << slurp(log);
+  const auto f = final_record(out);
+  ASSERT_TRUE(f.is_object()) << slurp(log);
+  EXPECT_EQ(f["ranks"]["2"], "done") << f.dump();
+  EXPECT_EQ(f["ranks"]["3"], "done") << f.dump();
+  EXPECT_TRUE(f["replicas_lost"].empty()) << f.dump();
+  EXPECT_GT(f["test_accuracy"].get<double>(), 0.6) << f.dump();
+}
+
 }  // namespace

@@ -507,6 +507,51 @@ TEST(PsServer, RowsMatchTheDenseComputation) {
   EXPECT_INVALID(a.pull_rows(table, outside, one), "row 9");
 }
 
+// A model-parallel partition's slices: several ranges as one request per shard.
+TEST(PsServer, RangesMatchTheDenseComputation) {
+  const uint64_t n = 50;  // shards [0,17) [17,34) [34,50)
+  ServerOptions o;
+  o.rule = UpdateRule::parse("sgd:0.5");
+  o.consistency = Consistency::parse("async");
+  Shards ranged(3, n, o), dense(3, n, o);
+  std::vector<float> init(n);
+  for (uint64_t k = 0; k < n; ++k) init[k] = float(k) * 0.25f - 3.0f;
+  Client a(ranged.client(0)), b(dense.client(0));
+  a.wait(a.assign({0, n}, init));
+  b.wait(b.assign({0, n}, init));
+  // The second range straddles no boundary, the first and third do; 20 is a gap.
+  const std::vector<Range> ranges = {{3, 19}, {21, 30}, {30, 40}};
+  std::vector<float> values, g(n, 0.0f);
+  for (const auto& r : ranges) {
+    for (uint64_t k = r.begin; k < r.end; ++k) {
+      values.push_back(float(k % 7) - 2.5f);
+      g[k] = values.back();
+    }
+  }
+  a.wait(a.push_ranges(ranges, values));
+  b.wait(b.push({0, n}, g));
+  EXPECT_EQ(a.clock(), 1);
+  const auto got = ranged.values(), want = dense.values();
+  for (uint64_t k = 0; k < n; ++k) EXPECT_EQ(got[k], want[k]) << "key " << k;
+  for (int s = 0; s < 3; ++s) {
+    EXPECT_EQ(ranged[s].stats().clocks.at(0), 1);  // one clock tick everywhere
+    EXPECT_EQ(ranged[s].stats().updates, 1u);      // one update request per shard
+  }
+  std::vector<float> out(values.size(), -1.0f);
+  a.wait(a.pull_ranges(ranges, out));
+  size_t j = 0;
+  for (const auto& r : ranges) {
+    for (uint64_t k = r.begin; k < r.end; ++k, ++j) EXPECT_EQ(out[j], want[k]) << "key " << k;
+  }
+  const std::vector<Range> overlapping = {{3, 10}, {8, 12}};
+  std::vector<float> nine(9);
+  EXPECT_INVALID(a.pull_ranges(overlapping, nine), "increasing, disjoint");
+  const std::vector<Range> beyond = {{45, 51}};
+  std::vector<float> six(6);
+  EXPECT_INVALID(a.push_ranges(beyond, six), "inside the vector of 50");
+  EXPECT_INVALID(a.push_ranges(ranges, nine), "with 9 values");
+}
+
 // --- (4) vector operations -------------------------------------------------------------------
 
 TEST(PsServer, VectorOpsMatchLocalComputation) {

@@ -270,11 +270,19 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
                                 : detail::concat("exited with status ", WEXITSTATUS(status));
         std::string command;
         for (int i = 0; argv[i] != nullptr; ++i) command += std::string(i ? " " : "") + argv[i];
+        const int k = std::max(1, options.ranks_per_replica), replica = rank / k;
+        const std::string unit =
+            k == 1 ? detail::concat("replica ", rank, " (rank ", rank, ") ", what,
+                                    "; the job goes on without it")
+                   : detail::concat("rank ", rank, " (partition ", rank % k, " of replica ",
+                                    replica, ") ", what, "; the job goes on without replica ",
+                                    replica, ", whose ranks ", replica * k, "..",
+                                    replica * k + k - 1, " stop together (a replica is replaced "
+                                    "as a unit: start one such command for each of its ranks)");
         spdlog::warn(
-            "replica {} (rank {}) {}; the job goes on without it. To start a replacement into "
-            "this job: DTRAIN_RANK={} DTRAIN_WORLD_SIZE={} DTRAIN_RENDEZVOUS=file://{} "
-            "DTRAIN_RUN_ID={} DTRAIN_JOB_NONCE={} DTRAIN_HOST={} {}",
-            rank, rank, what, rank, options.workers, dir, run_id, nonce, options.host, command);
+            "{}. To start a replacement into this job: DTRAIN_RANK={} DTRAIN_WORLD_SIZE={} "
+            "DTRAIN_RENDEZVOUS=file://{} DTRAIN_RUN_ID={} DTRAIN_JOB_NONCE={} DTRAIN_HOST={} {}",
+            unit, rank, options.workers, dir, run_id, nonce, options.host, command);
         continue;
       }
       if (!ok && !failed && !w.signalled) {
@@ -371,8 +379,14 @@ int launch_local(const LaunchOptions& options, int argc, char** argv) {
   }
   int result = failed ? 1 : 0;
   if (!failed && !lost.empty()) {
-    spdlog::warn("job finished without replica(s) {} (see above)", list(lost));
-    if (options.records_on_replica0 && std::find(lost.begin(), lost.end(), 0) != lost.end()) {
+    if (options.ranks_per_replica > 1) {
+      spdlog::warn("job finished without rank(s) {} (see above)", list(lost));
+    } else {
+      spdlog::warn("job finished without replica(s) {} (see above)", list(lost));
+    }
+    if (options.records_on_replica0 &&
+        std::any_of(lost.begin(), lost.end(),
+                    [&](int r) { return r < std::max(1, options.ranks_per_replica); })) {
       spdlog::warn("replica 0 writes the run's records and evaluates the final model: unless "
                    "a replacement for it finished, metrics.jsonl has no final record; the "
                    "shards' checkpoints (--out) hold the parameters, --resume continues from "

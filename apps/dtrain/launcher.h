@@ -25,6 +25,9 @@ struct LaunchOptions {
   // training; the launcher prints how to start a replacement into the job), ranks from
   // `replicas` on are parameter servers. 0: every rank's failure fails the job.
   int replicas = 0;
+  // Downpour with --model-parallel K: a replica is K consecutive ranks (its partitions), lost and
+  // replaced as a unit.
+  int ranks_per_replica = 1;
   // Downpour: replica 0 writes the run's records (a warning says so when it is lost).
   bool records_on_replica0 = false;
 };

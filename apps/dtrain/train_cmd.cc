@@ -201,6 +201,7 @@ void add_train(CLI::App& app, int argc, char** argv, int& exit_code) {
       LaunchOptions lo;
       lo.workers = f->workers + (downpour ? f->train.servers : 0);
       if (downpour) lo.replicas = f->workers;
+      if (train::is_downpour(f->train)) lo.ranks_per_replica = f->train.model_parallel;
       lo.records_on_replica0 = train::is_downpour(f->train);
       exit_code = launch_local(lo, argc, argv);
       return;

@@ -524,6 +524,76 @@ Ticket Client::pull_rows(const Table& table, std::span<const uint64_t> rows, std
   return m.issue(std::move(parts), true);
 }
 
+// Per shard, the pieces of `ranges` (increasing, disjoint, inside the vector) as segments, each
+// with where its values sit in the caller's buffer (the ranges' values one after another).
+std::vector<RowPlan> plan_ranges(const KeyRanges& keys, uint64_t length,
+                                 std::span<const Range> ranges, size_t values, const char* what) {
+  std::vector<RowPlan> plans(static_cast<size_t>(keys.shards()));
+  uint64_t at = 0, after = 0;
+  for (const auto& r : ranges) {
+    DT_ENFORCE(r.begin <= r.end && r.end <= length && r.begin >= after, "ps client: ", what,
+               " of keys [", r.begin, ", ", r.end, "): the ranges must be increasing, disjoint ",
+               "and inside the vector of ", length);
+    after = r.end;
+    for (const auto& piece : keys.split(r)) {
+      auto& p = plans[static_cast<size_t>(piece.shard)];
+      p.copies.push_back({p.size, at + (piece.keys.begin - r.begin), piece.keys.size()});
+      add_segment(p, piece.keys.begin, piece.keys.size());
+    }
+    at += r.size();
+  }
+  DT_ENFORCE(values == at, "ps client: ", what, " of ", ranges.size(), " ranges of ", at,
+             " keys with ", values, " values");
+  return plans;
+}
+
+Ticket Client::push_ranges(std::span<const Range> ranges, std::span<const float> values) {
+  Impl& m = *impl_;
+  auto plans = plan_ranges(m.keys, m.o.length, ranges, values.size(), "push");
+  const int64_t clock = m.clock;
+  std::vector<Part> parts;
+  for (int s = 0; s < m.keys.shards(); ++s) {
+    auto& p = plans[static_cast<size_t>(s)];
+    for (const auto& c : p.copies) {
+      p.values.insert(p.values.end(), values.begin() + static_cast<ptrdiff_t>(c.dst),
+                      values.begin() + static_cast<ptrdiff_t>(c.dst + c.n));
+    }
+    wire::RequestHead h;  // a shard none of the ranges touches gets the clock tick alone
+    h.op = Op::kPushRows;
+    h.clock = clock;
+    h.pulled_clock = m.pulled_clock;
+    Part part;
+    part.shard = s;
+    part.op = h.op;
+    part.id = m.send(s, h, p.segments, p.values);
+    parts.push_back(std::move(part));
+  }
+  m.clock = clock + 1;
+  return m.issue(std::move(parts), false);
+}
+
+Ticket Client::pull_ranges(std::span<const Range> ranges, std::span<float> out) {
+  Impl& m = *impl_;
+  auto plans = plan_ranges(m.keys, m.o.length, ranges, out.size(), "pull");
+  std::vector<Part> parts;
+  for (int s = 0; s < m.keys.shards(); ++s) {
+    auto& p = plans[static_cast<size_t>(s)];
+    if (p.segments.empty()) continue;
+    wire::RequestHead h;
+    h.op = Op::kPullRows;
+    h.clock = m.clock;
+    Part part;
+    part.shard = s;
+    part.op = h.op;
+    part.out = out.data();
+    part.values = p.size;
+    part.copies = std::move(p.copies);
+    part.id = m.send(s, h, p.segments);
+    parts.push_back(std::move(part));
+  }
+  return m.issue(std::move(parts), true);
+}
+
 Ticket Client::assign(const Range& r, std::span<const float> values, const std::string& vector) {
   DT_ENFORCE(values.size() == r.size(), "ps client: assign of keys [", r.begin, ", ", r.end,
              ") with ", values.size(), " values");

@@ -12,6 +12,8 @@
 #include <span>
 #include <thread>
 
+#include "dtrain/collective/collective.h"
+#include "dtrain/comm/group.h"
 #include "dtrain/comm/rendezvous.h"
 #include "dtrain/common/error.h"
 #include "dtrain/common/logging.h"
@@ -20,6 +22,7 @@
 #include "dtrain/ps/client.h"
 #include "dtrain/ps/directory.h"
 #include "dtrain/ps/server.h"
+#include "dtrain/torch/partitioned_mlp.h"
 #include "evaluation.h"
 #include "ps_job.h"
 #include "run.h"
@@ -29,19 +32,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using Millis = std::chrono::milliseconds;
-
-
-std::string shard_file(const std::string& dir, int s) {
-  return dir.empty() ? std::string() : dir + "/shard-" + std::to_string(s) + ".ps";
-}
-
-ps::UpdateRule server_rule(const TrainOptions& o) {
-  return ps::UpdateRule::parse(
-      // The shortest text that reads back as the same double (not 6 significant digits).
-      o.server_update.empty() ? "adagrad:lr=" + nlohmann::json(o.lr).dump() : o.server_update,
-      "--server-update");
-}
-
 
 
 // The distinct embedding rows of the batches of steps [from, to) of this epoch's shard.
@@ -54,53 +44,12 @@ std::vector<uint64_t> rows_of(const TensorData& d, const torch::Tensor& index, i
   return std::vector<uint64_t>(p, p + ids.numel());
 }
 
-// --- the server rank -------------------------------------------------------------------------
-
-TrainResult serve(const TrainOptions& o, const DownpourJob& job, int workers, int shard) {
-  pin_threads(o.threads);
-  const TensorData data = load_data(o);
-  auto model = make_model(o, data);
-  const Layout layout(*model);
-  const std::string dir = !o.out_dir.empty() ? o.out_dir : o.resume;
-  if (!dir.empty()) std::filesystem::create_directories(dir);
-  ps::ServerOptions so;
-  so.index = shard;
-  so.shards = o.servers;
-  so.length = layout.length;
-  so.host = job.host.empty() ? "127.0.0.1" : job.host;
-  so.rule = server_rule(o);
-  so.consistency = ps::Consistency::parse(o.consistency);
-  so.dead_after = dead_after(job);
-  so.expected_workers = workers;
-  so.checkpoint_path = shard_file(dir, shard);
-  // --checkpoint-every counts a replica's steps; a shard counts the update requests of every
-  // replica's pushes (one per dense range, and one for the table's rows, per push).
-  const int64_t requests = static_cast<int64_t>(layout.dense.size()) + (layout.sparse() ? 1 : 0);
-  so.checkpoint_every = o.checkpoint_every > 0
-                            ? static_cast<uint64_t>(std::max<int64_t>(
-                                  1, o.checkpoint_every * workers * requests /
-                                         std::max(1, o.n_push)))
-                            : 0;
-  ps::Server server(so, !o.resume.empty());
-  Store store(job);
-  ps::publish_shard(store.prefixed, job.nonce, shard, server.endpoint());
-  spdlog::info("parameter server shard {} of {}: keys [{}, {}) of {}, {} ({}), at {}", shard,
-            o.servers, server.range().begin, server.range().end, layout.length, so.rule.str(),
-            so.consistency.str(), server.endpoint());
-  server.run();
-  const ps::ServerStats st = server.stats();
-  spdlog::info("parameter server shard {}: {} updates, {} pulls, max staleness {}", shard, st.updates,
-            st.pulls, st.max_staleness);
-  TrainResult r;
-  r.steps = static_cast<int64_t>(st.updates);
-  r.bytes_sent = st.bytes_sent;
-  r.bytes_received = st.bytes_received;
-  return r;
-}
-
 // --- a replica -------------------------------------------------------------------------------
 
-nlohmann::json summed_stats(const std::vector<ps::ServerStats>& stats, int workers) {
+// `workers` ranks train; under --model-parallel K a replica is K consecutive ranks, lost as a
+// unit: "ranks" gives each rank's state and "replicas_lost" the replicas one of whose ranks did
+// not finish (with K = 1 "replicas" gives each replica's).
+nlohmann::json summed_stats(const std::vector<ps::ServerStats>& stats, int workers, int k) {
   std::vector<uint64_t> hist(ps::kStalenessBuckets, 0);
   uint64_t updates = 0, pulls = 0;
   int64_t max_staleness = 0;
@@ -119,30 +68,41 @@ nlohmann::json summed_stats(const std::vector<ps::ServerStats>& stats, int worke
       auto it = stats[0].states.find(w);
       const std::string state = it == stats[0].states.end() ? "never seen" : it->second;
       states[std::to_string(w)] = state;
-      if (state != "done") lost.push_back(w);
+      if (state != "done" && (lost.empty() || lost.back() != w / k)) lost.push_back(w / k);
     }
   }
   return {{"server_updates", updates},
           {"server_pulls", pulls},
           {"staleness_histogram", hist},
           {"max_staleness", max_staleness},
-          {"replicas", states},
+          {k == 1 ? "replicas" : "ranks", states},
           {"replicas_lost", lost}};
 }
 
 class Replica {
  public:
   Replica(const TrainOptions& o, const DownpourJob& job, int workers)
-      : o_(o), job_(job), workers_(workers), me_(job.rank), lead_(job.rank == 0) {
+      : o_(o),
+        job_(job),
+        workers_(workers),
+        me_(job.rank),
+        k_(o.model_parallel),
+        replicas_(workers / o.model_parallel),
+        replica_(job.rank / o.model_parallel),
+        lead_(job.rank == 0) {
+    DT_ENFORCE(workers % k_ == 0, "--model-parallel ", k_, ": the ", workers,
+               " replica ranks do not make whole replicas of ", k_, " ranks");
     pin_threads(o.threads);
     data_ = load_data(o);
     model_ = make_model(o, data_);
-    layout_ = std::make_unique<Layout>(*model_);
+    full_ = std::make_shared<Layout>(*model_);
+    layout_ = full_;
+    if (k_ > 1) join_partitions();
     const int64_t n_train = data_.x_train.size(0);
     per_step_ = o.batch_size;
-    steps_per_epoch_ = (n_train / workers_) / per_step_;
+    steps_per_epoch_ = (n_train / replicas_) / per_step_;
     DT_ENFORCE(steps_per_epoch_ >= 1, "the training set (", n_train, " samples) is too small for ",
-               workers_, " replicas with --batch-size ", o.batch_size);
+               replicas_, " replicas with --batch-size ", o.batch_size);
     total_ = int64_t(o.epochs) * steps_per_epoch_;
     if (o.max_steps >= 0) total_ = std::min(total_, o.max_steps);
     Store store(job);
@@ -166,11 +126,21 @@ class Replica {
   }
 
   TrainResult run() {
+    if (!row_) return train();
+    // A partition's failure reaches its replica's other partitions at once (they stop too: a
+    // replica is lost, and replaced, as a unit); the other replicas train on.
+    TrainResult result;
+    comm::run_rank(*row_, [&] { result = train(); });
+    return result;
+  }
+
+ private:
+  TrainResult train() {
     const bool fresh = o_.resume.empty();
-    if (!lead_ && fresh) wait_for_warm_start();
+    if (replica_ != 0 && fresh) wait_for_warm_start();
     // Where this replica's data stands: the steps its id pushed before (a replacement for a
     // killed replica, or a resumed job), read before hello() may move its clock ahead.
-    const int64_t pushed = pushed_before();
+    int64_t pushed = pushed_before();
     const int64_t start_clock = fetcher_->hello();
     fetcher_->heartbeat(dead_after(job_) / 4);
     pusher_->set_clock(start_clock);
@@ -179,12 +149,18 @@ class Replica {
     const bool untouched = fresh && shards_untouched();
     if (lead_ && untouched) {
       // Replica 0 gives the shards the initial parameters (every replica built the same ones).
-      layout_->store(fetch_buf_);
-      fetcher_->wait(fetcher_->assign({0, layout_->length}, fetch_buf_));
+      full_->store(fetch_buf_);
+      fetcher_->wait(fetcher_->assign({0, full_->length}, fetch_buf_));
+    }
+    if (row_) {
+      // The partitions of a replica take the same batches: they continue after the steps all
+      // of them pushed (one killed mid-push may have pushed one fewer). This also holds replica
+      // 0's partitions until rank 0 has given the shards the initial parameters.
+      pushed = static_cast<int64_t>(least_over_row(static_cast<double>(pushed)));
     }
     int64_t step = std::min(total_, pushed * o_.n_push);
-    spdlog::info("replica {} joins the job at step {} of {} (clock {})", me_, step, total_, clock_);
-    if (step >= total_) spdlog::info("replica {}: its steps were all pushed before", me_);
+    spdlog::info("{} joins the job at step {} of {} (clock {})", who(), step, total_, clock_);
+    if (step >= total_) spdlog::info("{}: its steps were all pushed before", who());
     if (lead_) open_run_dir(/*joining=*/fresh && !untouched);
 
     Progress progress(o_.quiet || !lead_, steps_per_epoch_);
@@ -199,7 +175,7 @@ class Replica {
     auto shard_of_epoch = [&](int epoch) {
       if (epoch != index_epoch) {
         auto shard =
-            data::shard_indices(data_.x_train.size(0), me_, workers_, o_.seed, epoch);
+            data::shard_indices(data_.x_train.size(0), replica_, replicas_, o_.seed, epoch);
         index = torch::from_blob(shard.data(), {int64_t(shard.size())}, torch::kInt64).clone();
         index_epoch = epoch;
       }
@@ -212,7 +188,8 @@ class Replica {
     auto evaluation = [&](int epoch, const char* kind) {
       const auto began = Clock::now();
       // embed: the replica holds only the rows its batches fetched; evaluate the shards' table.
-      if (layout_->sparse()) load_everything();
+      // --model-parallel: rank 0 holds one partition; evaluate the shards' parameters.
+      if (layout_->sparse() || row_) load_everything();
       const auto [acc, loss] = evaluate(*model_, data_);
       eval_s += std::chrono::duration<double>(Clock::now() - began).count();
       const double t = clock.elapsed();
@@ -250,9 +227,7 @@ class Replica {
       if (layout_->sparse()) {
         window_rows_.push_back(x.flatten());
       }
-      auto loss = torch::nn::functional::cross_entropy(model_->forward(x), y);
-      loss.backward();  // gradients accumulate in .grad until the push
-      const double l = loss.item<double>();
+      const double l = forward_backward(x, y);  // gradients accumulate in .grad until the push
       ++step;
       ++accumulated_;
       if (step % o_.n_push == 0 || step == total_) start_push();
@@ -260,17 +235,20 @@ class Replica {
       loss_sum += l;
       ++loss_count;
       if (!lead_) continue;
-      progress.step(epoch, s, l, (step - first) * per_step_ * workers_ / std::max(clock.elapsed(), 1e-9),
+      progress.step(epoch, s, l,
+                    (step - first) * per_step_ * replicas_ / std::max(clock.elapsed(), 1e-9),
                     bytes_sent() / 1e6);
       if (step % o_.log_every == 0) {
-        metrics_.write({{"kind", "step"},
-                        {"epoch", epoch},
-                        {"step", step},
-                        {"time_s", clock.elapsed()},
-                        {"loss", l},
-                        {"clock", clock_},
-                        {"bytes_sent", bytes_sent()},
-                        {"bytes_recv", bytes_received()}});
+        nlohmann::json record = {{"kind", "step"},
+                                 {"epoch", epoch},
+                                 {"step", step},
+                                 {"time_s", clock.elapsed()},
+                                 {"loss", l},
+                                 {"clock", clock_},
+                                 {"bytes_sent", bytes_sent()},
+                                 {"bytes_recv", bytes_received()}};
+        if (row_) record["bytes_crossing_partitions"] = crossing_;
+        metrics_.write(record);
       }
       const bool epoch_end = step % steps_per_epoch_ == 0 || step == total_;
       if (o_.eval_every > 0 && step % o_.eval_every == 0 && !epoch_end) evaluation(epoch, "eval");
@@ -289,7 +267,7 @@ class Replica {
                         {"bytes_recv", bytes_received()}});
         progress.epoch_done(detail::concat("epoch ", epoch + 1, "/", o_.epochs, ": train loss ",
                                            train_loss, ", test accuracy ", acc * 100,
-                                           "% (replica 0's latest fetch), ", clock.elapsed(),
+                                           row_ ? "% (the shards' parameters), " : "% (replica 0's latest fetch), ", clock.elapsed(),
                                            " s, ", bytes_sent() / 1e6, " MB sent"));
         result.train_loss = train_loss;
         loss_sum = 0;
@@ -321,13 +299,18 @@ class Replica {
                                    {"rounds", clock_},
                                    {"test_accuracy", acc},
                                    {"test_loss", test_loss},
-                                   {"samples_per_s", result.samples_per_s * workers_},
+                                   {"samples_per_s", result.samples_per_s * replicas_},
                                    {"bytes_sent", result.bytes_sent},
                                    {"bytes_recv", result.bytes_received},
                                    {"rows_pushed", rows_pushed_},
                                    {"dropped_pushes", dropped_pushes_},
                                    {"rows_pulled", rows_pulled_}};
     final_record.update(figures);
+    if (row_) {
+      final_record["model_parallel"] = k_;
+      final_record["partition"] = o_.partition;
+      final_record["bytes_crossing_partitions"] = crossing_;  // rank 0's
+    }
     if (target.enabled()) {
       final_record["target_accuracy"] = target.target();
       final_record["time_to_target_s"] =
@@ -344,7 +327,6 @@ class Replica {
     return result;
   }
 
- private:
   uint64_t bytes_sent() const {
     return fetcher_->bytes_sent() + pusher_->bytes_sent() + observer_->bytes_sent();
   }
@@ -372,7 +354,7 @@ class Replica {
     const auto since = Clock::now();
     while (true) {
       const auto stats = observer_->stats();
-      bool ready = true;
+      bool ready = true;  // (under --model-parallel, rank 0 is replica 0's partition 0)
       for (const auto& s : stats) {
         auto c = s.clocks.find(0);
         auto st = s.states.find(0);
@@ -382,7 +364,7 @@ class Replica {
       if (ready) return;
       const bool seen = !stats.empty() && stats[0].states.count(0) > 0;
       if (!seen && Clock::now() - since > job_.timeout) {
-        DT_THROW(TimeoutError, "replica ", me_, ": replica 0 did not join the parameter servers ",
+        DT_THROW(TimeoutError, who(), ": replica 0 did not join the parameter servers ",
                  "within ", job_.timeout.count(), " ms (replicas other than 0 start after its ",
                  "warm start)");
       }
@@ -430,7 +412,7 @@ class Replica {
           over &= it->second != "live";
         }
       }
-      if (over) return summed_stats(stats, workers_);
+      if (over) return summed_stats(stats, workers_, k_);
       std::this_thread::sleep_for(Millis(100));
     }
   }
@@ -438,9 +420,9 @@ class Replica {
   // The shards' whole parameter vector into the model, through the observer (served at once,
   // whatever the consistency model; the replica's own fetch may be in flight meanwhile).
   void load_everything() {
-    std::vector<float> all(layout_->length);
-    observer_->wait(observer_->pull({0, layout_->length}, all));
-    layout_->load_all(all);
+    std::vector<float> all(full_->length);
+    observer_->wait(observer_->pull({0, full_->length}, all));
+    full_->load_all(all);
   }
 
   void start_fetch(int64_t from) {
@@ -448,7 +430,7 @@ class Replica {
     if (layout_->sparse()) {
       const int epoch = static_cast<int>(from / steps_per_epoch_);
       const int64_t s = from % steps_per_epoch_;
-      auto shard = data::shard_indices(data_.x_train.size(0), me_, workers_, o_.seed, epoch);
+      auto shard = data::shard_indices(data_.x_train.size(0), replica_, replicas_, o_.seed, epoch);
       auto idx = torch::from_blob(shard.data(), {int64_t(shard.size())}, torch::kInt64);
       // The rows of the steps until the next fetch point (never past the epoch's end).
       const int64_t to = std::min<int64_t>(s + (o_.n_fetch - from % o_.n_fetch), steps_per_epoch_);
@@ -459,14 +441,27 @@ class Replica {
     fetcher_->set_clock(clock_);
     fetch_ = std::async(std::launch::async, [this] {
       std::vector<ps::Ticket> tickets;
-      for (const auto& r : layout_->dense) {
-        tickets.push_back(fetcher_->pull(
-            r, std::span<float>(fetch_buf_.data() + r.begin, static_cast<size_t>(r.size()))));
+      if (layout_->dense.size() > 1 && !layout_->sparse()) {
+        // A partition's slices: one request per shard, into their places in the buffer.
+        fetch_dense_.resize(dense_size());
+        tickets.push_back(fetcher_->pull_ranges(layout_->dense, fetch_dense_));
+      } else {
+        for (const auto& r : layout_->dense) {
+          tickets.push_back(fetcher_->pull(
+              r, std::span<float>(fetch_buf_.data() + r.begin, static_cast<size_t>(r.size()))));
+        }
       }
       if (layout_->sparse() && !fetch_rows_.empty()) {
         tickets.push_back(fetcher_->pull_rows(layout_->rows, fetch_rows_, fetch_row_values_));
       }
       for (auto t : tickets) fetcher_->wait(t);
+      if (!fetch_dense_.empty()) {
+        size_t at = 0;
+        for (const auto& r : layout_->dense) {
+          std::copy_n(fetch_dense_.data() + at, r.size(), fetch_buf_.data() + r.begin);
+          at += r.size();
+        }
+      }
       return fetcher_->pulled_clock();
     });
   }
@@ -496,12 +491,12 @@ class Replica {
       return true;
     }
     if (engine::parse_on_nonfinite(o_.on_nonfinite) == engine::OnNonFinite::kAbort) {
-      DT_THROW(Error, "replica ", me_, ": non-finite gradient (NaN or Inf) in the ", what,
+      DT_THROW(Error, who(), ": non-finite gradient (NaN or Inf) in the ", what,
                " to push at clock ", clock_, "; not pushed (--on-nonfinite skip drops such "
                "pushes instead)");
     }
-    spdlog::warn("replica {}: non-finite gradient in the {} at clock {}; push dropped "
-                 "(--on-nonfinite skip)", me_, what, clock_);
+    spdlog::warn("{}: non-finite gradient in the {} at clock {}; push dropped "
+                 "(--on-nonfinite skip)", who(), what, clock_);
     return false;
   }
 
@@ -540,10 +535,23 @@ class Replica {
     push_ = std::async(std::launch::async, [this, tick, computed_on] {
       pusher_->set_pulled_clock(computed_on);
       std::vector<ps::Ticket> tickets;
-      for (const auto& r : layout_->dense) {
-        pusher_->set_clock(tick);  // one step's requests carry one clock
-        tickets.push_back(pusher_->push(
-            r, std::span<const float>(push_buf_.data() + r.begin, static_cast<size_t>(r.size()))));
+      if (layout_->dense.size() > 1 && !layout_->sparse()) {
+        // A partition's slices as one push per shard: a shard applies them whole before this
+        // worker's clock moves on there (so a pull at the next clock sees all of them).
+        push_dense_.clear();
+        for (const auto& r : layout_->dense) {
+          push_dense_.insert(push_dense_.end(), push_buf_.data() + r.begin,
+                             push_buf_.data() + r.end);
+        }
+        pusher_->set_clock(tick);
+        tickets.push_back(pusher_->push_ranges(layout_->dense, push_dense_));
+      } else {
+        for (const auto& r : layout_->dense) {
+          pusher_->set_clock(tick);  // one step's requests carry one clock
+          tickets.push_back(pusher_->push(
+              r,
+              std::span<const float>(push_buf_.data() + r.begin, static_cast<size_t>(r.size()))));
+        }
       }
       if (layout_->sparse()) {
         pusher_->set_clock(tick);
@@ -558,16 +566,83 @@ class Replica {
     if (fetch_.valid()) fetch_.get();
   }
 
+  // --model-parallel K: joins this replica's other partitions (ranks K*replica .. +K-1) in a
+  // group of their own, met in the job's store under "<run id>/replica-<q>" (a replacement
+  // replica meets there again: the rendezvous recognises the lost one's keys as stale), and
+  // trains this rank's partition of the mlp at its keys on the shards.
+  void join_partitions() {
+    comm::GroupOptions g;
+    g.store = std::shared_ptr<comm::Store>(
+        comm::open_store(comm::RendezvousUrl::parse(job_.rendezvous)));
+    g.rank = me_ % k_;
+    g.size = k_;
+    g.run_id = detail::concat(job_.run_id, "/replica-", replica_);
+    g.job = job_.nonce;
+    g.host = job_.host;
+    g.timeout = job_.timeout;
+    row_ = comm::Group::connect(g);
+    std::vector<int64_t> widths = {data_.input_dim};
+    widths.insert(widths.end(), o_.hidden.begin(), o_.hidden.end());
+    widths.push_back(data_.classes);
+    partition_ = std::make_unique<torchx::PartitionedMlp>(
+        widths, torchx::parse_partitioning(o_.partition), row_, o_.pipeline);
+    partition_->load_slices(*model_);
+    torchx::PartitionedMlp& pm = *partition_;
+    layout_ = std::make_shared<Layout>(
+        *full_, pm, [&pm](const std::string& n, const torch::Tensor& t) { return pm.slice_of(n, t); },
+        *model_);
+  }
+
+  // The step's loss; its gradients are added to .grad (of this rank's partition).
+  double forward_backward(const torch::Tensor& x, const torch::Tensor& y) {
+    if (partition_) {
+      const auto r = partition_->step(x, y);
+      crossing_ += r.bytes_sent;
+      return r.loss;
+    }
+    auto loss = torch::nn::functional::cross_entropy(model_->forward(x), y);
+    loss.backward();
+    return loss.item<double>();
+  }
+
+  size_t dense_size() const {
+    size_t n = 0;
+    for (const auto& r : layout_->dense) n += r.size();
+    return n;
+  }
+
+  // "replica 2", or under --model-parallel "replica 1 (rank 3, partition 1)".
+  std::string who() const {
+    if (k_ == 1) return detail::concat("replica ", me_);
+    return detail::concat("replica ", replica_, " (rank ", me_, ", partition ", me_ % k_, ")");
+  }
+
+  double least_over_row(double v) {
+    collective::AllreduceOptions o(*row_);
+    o.output = collective::View(&v, 1, collective::DataType::kFloat64);
+    o.op = collective::ReduceOp::kMin;
+    collective::allreduce(o);
+    return v;
+  }
+
   const TrainOptions& o_;
   const DownpourJob& job_;
   const int workers_, me_;
+  const int k_;         // ranks per replica (--model-parallel)
+  const int replicas_;  // workers_ / k_
+  const int replica_;   // this rank's replica
   const bool lead_;
   TensorData data_;
-  std::shared_ptr<torchx::Net> model_;
-  std::unique_ptr<Layout> layout_;
+  std::shared_ptr<torchx::Net> model_;  // the whole model (rank 0 evaluates it)
+  std::shared_ptr<Layout> full_;        // the whole model's parameters, at their keys
+  std::shared_ptr<Layout> layout_;      // what this rank trains: full_, or its partition's
+  std::shared_ptr<comm::Group> row_;    // this replica's partitions (--model-parallel)
+  std::unique_ptr<torchx::PartitionedMlp> partition_;
+  uint64_t crossing_ = 0;  // bytes this rank sent to its replica's other partitions
   int64_t per_step_ = 0, steps_per_epoch_ = 0, total_ = 0;
   std::unique_ptr<ps::Client> fetcher_, pusher_, observer_;
-  std::vector<float> fetch_buf_, push_buf_;
+  std::vector<float> fetch_buf_, push_buf_;  // indexed by key
+  std::vector<float> fetch_dense_, push_dense_;  // a partition's slices, one after another
   std::vector<uint64_t> fetch_rows_, push_rows_;
   std::vector<float> fetch_row_values_, push_row_values_;
   std::vector<torch::Tensor> window_rows_;  // ids of the batches since the last push
@@ -593,7 +668,7 @@ TrainResult train_downpour(const TrainOptions& o, const DownpourJob& job) {
   DT_ENFORCE(workers >= 1, "--algorithm downpour with --servers ", o.servers, " needs more than ",
              o.servers, " ranks (ranks 0..W-1 are replicas, the last ", o.servers,
              " are servers); this job has ", job.world);
-  if (job.rank >= workers) return serve(o, job, workers, job.rank - workers);
+  if (job.rank >= workers) return serve_downpour_shard(o, job, workers, job.rank - workers);
   Replica replica(o, job, workers);
   return replica.run();
 }

@@ -117,7 +117,7 @@ void validate_sandblaster(const TrainOptions& o) {
 }
 
 // --model-parallel's combinations: the partitioned MLP trains with synchronous data parallelism
-// across replicas and nothing else yet.
+// across replicas, or with Downpour (each partition pushes and pulls its own keys).
 void validate_model_parallel(const TrainOptions& o) {
   DT_ENFORCE(o.model_parallel >= 1, "--model-parallel must be >= 1 (ranks per replica), got ",
              o.model_parallel);
@@ -144,14 +144,16 @@ void validate_model_parallel(const TrainOptions& o) {
                " --partition neurons needs at least ", o.model_parallel,
                " units in every layer; --hidden has one of ", h);
   }
-  DT_ENFORCE(o.algorithm == "sync", mp, " trains replicas synchronously (--algorithm sync), ",
-             "not --algorithm ", o.algorithm);
+  DT_ENFORCE(o.algorithm == "sync" || o.algorithm == "downpour", mp,
+             " trains replicas synchronously (--algorithm sync) or against parameter servers ",
+             "(--algorithm downpour), not --algorithm ", o.algorithm);
+  if (o.algorithm == "downpour") return;  // its shards checkpoint and evaluate (validate_downpour)
   DT_ENFORCE(o.reduce == "dense" && o.schedule == "fused:25",
              mp, " averages each partition's gradients in one dense allreduce per step; --reduce ",
              "and --schedule are not taken with it");
   DT_ENFORCE(o.resume.empty() && o.checkpoint_every == 0, mp,
              " does not checkpoint (each partition would need its own file): --resume and "
-             "--checkpoint-every are not taken with it");
+             "--checkpoint-every are not taken with it (--algorithm downpour's shards do)");
   DT_ENFORCE(o.accumulate == 1 && o.timeline.empty() && o.eval_every == 0 &&
                  o.target_accuracy == 0,
              mp, ": --accumulate, --timeline, --eval-every and --target-accuracy are not taken ",

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -61,6 +62,37 @@ struct Layout {
       length += static_cast<uint64_t>(p.numel());
     }
   }
+  // --model-parallel: this rank's partition of the model, at the keys its slices have in
+  // `full`'s vector (a slice of a parameter is a contiguous run of rows: one range each, merged
+  // where they meet). `length` stays the whole vector's: the flat buffers are indexed by key.
+  Layout(const Layout& full, torch::nn::Module& part,
+         const std::function<torch::Tensor(const std::string&, const torch::Tensor&)>& slice_of,
+         const torch::nn::Module& full_model)
+      : length(full.length) {
+    const auto whole = full_model.named_parameters();
+    for (const auto& item : part.named_parameters()) {
+      const torch::Tensor* t = whole.find(item.key());
+      DT_ENFORCE(t != nullptr, "model parallel: the full model has no parameter ", item.key());
+      const torch::Tensor s = slice_of(item.key(), *t);
+      DT_ENFORCE(s.defined() && s.is_contiguous() && s.sizes() == item.value().sizes(),
+                 "model parallel: parameter ", item.key(), " of the partition is not a contiguous "
+                 "slice of the full model's");
+      size_t i = 0;
+      while (i < full.params.size() && !full.params[i].is_same(*t)) ++i;
+      DT_ENFORCE(i < full.params.size(), "model parallel: parameter ", item.key(),
+                 " is not in the full model's layout");
+      const uint64_t at = full.offsets[i] + static_cast<uint64_t>(s.data_ptr<float>() -
+                                                                  t->data_ptr<float>());
+      const uint64_t end = at + static_cast<uint64_t>(s.numel());
+      if (!dense.empty() && dense.back().end == at) {
+        dense.back().end = end;
+      } else {
+        dense.push_back({at, end});
+      }
+      params.push_back(item.value());
+      offsets.push_back(at);
+    }
+  }
   bool sparse() const { return table >= 0; }
   // Copies `flat` into the parameters (all but the table when sparse).
   void load(const std::vector<float>& flat) {
@@ -98,5 +130,10 @@ struct Layout {
     }
   }
 };
+
+// Downpour's parameter-server rank `shard` of a job of `workers` replica ranks: serves until the
+// job ends (downpour_server.cc); returns its update count and bytes.
+TrainResult serve_downpour_shard(const TrainOptions& o, const DownpourJob& job, int workers,
+                                 int shard);
 
 }  // namespace dtrain::train

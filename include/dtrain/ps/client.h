@@ -75,6 +75,11 @@ class Client {
   Ticket push_rows(const Table& table, std::span<const uint64_t> rows,
                    std::span<const float> values);
   Ticket pull_rows(const Table& table, std::span<const uint64_t> rows, std::span<float> out);
+  // Several dense ranges (increasing, disjoint) as one request per shard, their values one range
+  // after another: a shard applies such a push whole before the worker's clock moves on, so a
+  // pull served at that clock never sees part of it (several push() calls would each tick).
+  Ticket push_ranges(std::span<const Range> ranges, std::span<const float> values);
+  Ticket pull_ranges(std::span<const Range> ranges, std::span<float> out);
   // Sets the values of `vector` in range r without the update rule (initial parameters).
   Ticket assign(const Range& r, std::span<const float> values, const std::string& vector = "w");
   void wait(Ticket t);

@@ -17,6 +17,13 @@
 // them; 0 for a fresh replica), while its clock starts at the slowest live replica's (a joiner
 // does not hold the others back under bounded delay).
 //
+// With --model-parallel K a replica is K consecutive ranks, each training its partition of the
+// mlp (torch/partitioned_mlp.h) in a group of the replica's own, met in the job's store; each
+// partition is a worker to the shards and fetches and pushes only its own keys (push_ranges:
+// one request per shard). A partition's failure ends its replica (the group tells its partners);
+// a replacement replica is all K ranks started again, and continues after the steps every one of
+// its partitions had pushed.
+//
 // Replica 0 writes the run directory: step, eval and epoch records of its own view, and a final
 // record with the shards' staleness histogram, update counts and which replicas were lost. At the
 // end it waits until every replica is done (or dead), evaluates the servers' final parameters,
