@@ -535,27 +535,31 @@ class Replica {
     push_ = std::async(std::launch::async, [this, tick, computed_on] {
       pusher_->set_pulled_clock(computed_on);
       std::vector<ps::Ticket> tickets;
-      if (layout_->dense.size() > 1 && !layout_->sparse()) {
-        // A partition's slices as one push per shard: a shard applies them whole before this
-        // worker's clock moves on there (so a pull at the next clock sees all of them).
-        push_dense_.clear();
-        for (const auto& r : layout_->dense) {
-          push_dense_.insert(push_dense_.end(), push_buf_.data() + r.begin,
-                             push_buf_.data() + r.end);
-        }
+      if (layout_->dense.size() == 1 && !layout_->sparse()) {
+        const auto& r = layout_->dense[0];
         pusher_->set_clock(tick);
-        tickets.push_back(pusher_->push_ranges(layout_->dense, push_dense_));
+        tickets.push_back(pusher_->push(
+            r, std::span<const float>(push_buf_.data() + r.begin, static_cast<size_t>(r.size()))));
       } else {
-        for (const auto& r : layout_->dense) {
-          pusher_->set_clock(tick);  // one step's requests carry one clock
-          tickets.push_back(pusher_->push(
-              r,
-              std::span<const float>(push_buf_.data() + r.begin, static_cast<size_t>(r.size()))));
+        // Several ranges (a partition's slices; the dense layers and the embedding rows) as one
+        // push per shard: a shard applies all of it before this worker's clock moves on there,
+        // so a pull served at the next clock never sees part of it.
+        std::vector<std::pair<ps::Range, const float*>> parts;
+        for (const auto& r : layout_->dense) parts.push_back({r, push_buf_.data() + r.begin});
+        for (size_t j = 0; j < push_rows_.size(); ++j) {
+          parts.push_back({layout_->rows.row(push_rows_[j]),
+                           push_row_values_.data() + j * layout_->rows.width});
         }
-      }
-      if (layout_->sparse()) {
+        std::sort(parts.begin(), parts.end(),
+                  [](const auto& a, const auto& b) { return a.first.begin < b.first.begin; });
+        push_ranges_.clear();
+        push_dense_.clear();
+        for (const auto& [r, from] : parts) {
+          push_ranges_.push_back(r);
+          push_dense_.insert(push_dense_.end(), from, from + r.size());
+        }
         pusher_->set_clock(tick);
-        tickets.push_back(pusher_->push_rows(layout_->rows, push_rows_, push_row_values_));
+        tickets.push_back(pusher_->push_ranges(push_ranges_, push_dense_));
       }
       for (auto t : tickets) pusher_->wait(t);
     });
@@ -642,7 +646,8 @@ class Replica {
   int64_t per_step_ = 0, steps_per_epoch_ = 0, total_ = 0;
   std::unique_ptr<ps::Client> fetcher_, pusher_, observer_;
   std::vector<float> fetch_buf_, push_buf_;  // indexed by key
-  std::vector<float> fetch_dense_, push_dense_;  // a partition's slices, one after another
+  std::vector<float> fetch_dense_, push_dense_;  // several ranges' values, one after another
+  std::vector<ps::Range> push_ranges_;
   std::vector<uint64_t> fetch_rows_, push_rows_;
   std::vector<float> fetch_row_values_, push_row_values_;
   std::vector<torch::Tensor> window_rows_;  // ids of the batches since the last push

@@ -46,15 +46,11 @@ TrainResult serve_downpour_shard(const TrainOptions& o, const DownpourJob& job, 
   so.expected_workers = workers;
   so.checkpoint_path = shard_file(dir, shard);
   // --checkpoint-every counts a replica's steps; a shard counts the update requests of every
-  // replica's pushes: one per dense range, and one for the table's rows, per push. Under
-  // --model-parallel K a replica's push is its K partitions', one request each (push_ranges).
-  const int k = o.model_parallel;
-  const int64_t requests =
-      k > 1 ? k : static_cast<int64_t>(layout.dense.size()) + (layout.sparse() ? 1 : 0);
+  // replica's pushes: one per push of each of the `workers` ranks (push_ranges sends the dense
+  // layers and the embedding rows together; under --model-parallel every partition pushes).
   so.checkpoint_every = o.checkpoint_every > 0
                             ? static_cast<uint64_t>(std::max<int64_t>(
-                                  1, o.checkpoint_every * (workers / k) * requests /
-                                         std::max(1, o.n_push)))
+                                  1, o.checkpoint_every * workers / std::max(1, o.n_push)))
                             : 0;
   ps::Server server(so, !o.resume.empty());
   Store store(job);
